@@ -1,0 +1,276 @@
+"""Layouts: the interface between LMD's two stages.
+
+Stage 1 (an LLM, or the offline planner) writes a layout; stage 2 (layout-grounded diffusion) reads it.
+A :class:`Layout` holds one :class:`Box` per object instance (paper §3.1: "one box per object instance"),
+a background prompt and a negative prompt.
+
+Coordinates
+-----------
+Boxes are stored *normalised* (``0 <= x0 < x1 <= 1``, top-left origin, y down), so the same layout serves
+the 512×512 LLM canvas, a 64×64 latent, a 16×16 attention map or a 32×32 toy image.  The LLM speaks
+``[x, y, w, h]`` in pixels of a 512×512 canvas; :meth:`Box.from_xywh` / :meth:`Box.to_xywh` convert.
+
+Validation (:func:`Layout.from_xywh_objects`) follows the authors' rules: zero-area boxes are dropped,
+"background" boxes that cover the whole canvas or start outside it are dropped, boxes that stick out of the
+canvas are clipped (with a warning), and at most ``max_boxes`` boxes are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+CANVAS_SIZE = 512
+DEFAULT_BACKGROUND = "A realistic scene"
+#: Most boxes we generate for one image; the authors' prompts rarely exceed 5, per-box cost grows linearly.
+MAX_BOXES = 8
+
+
+class LayoutWarning(UserWarning):
+    """A layout was repaired (a box clipped or dropped); the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """One object instance: a caption and a normalised box ``(x0, y0, x1, y1)``, top-left origin."""
+
+    phrase: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def __post_init__(self) -> None:
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"box {self.phrase!r} has no area: {self.bbox}")
+
+    # -- conversions --------------------------------------------------------------------------
+    @classmethod
+    def from_xywh(cls, phrase: str, xywh: Sequence[float], canvas: float = CANVAS_SIZE) -> "Box":
+        """From the LLM's ``[x, y, w, h]`` in pixels of a ``canvas``×``canvas`` image (no clipping)."""
+        x, y, w, h = (float(v) for v in xywh)
+        return cls(phrase, x / canvas, y / canvas, (x + w) / canvas, (y + h) / canvas)
+
+    def to_xywh(self, canvas: float = CANVAS_SIZE) -> list[int]:
+        """Back to ``[x, y, w, h]`` in whole pixels of a ``canvas``×``canvas`` image."""
+        x, y = round(self.x0 * canvas), round(self.y0 * canvas)
+        return [x, y, round(self.x1 * canvas) - x, round(self.y1 * canvas) - y]
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2)
+
+    def moved_to(self, x0: float, y0: float) -> "Box":
+        """The same-size box with its top-left corner at ``(x0, y0)``."""
+        return Box(self.phrase, x0, y0, x0 + self.width, y0 + self.height)
+
+    def pixel_slices(self, height: int, width: int) -> tuple[slice, slice]:
+        """Row and column slices of this box on a ``height``×``width`` grid (at least one cell each).
+
+        Edges are rounded to the nearest grid line, so a box keeps its size when the grid is coarse; a box
+        thinner than one cell still covers the cell holding its centre.
+        """
+        r0, r1 = _grid_span(self.y0, self.y1, height)
+        c0, c1 = _grid_span(self.x0, self.x1, width)
+        return slice(r0, r1), slice(c0, c1)
+
+    def mask(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A ``height``×``width`` tensor: 1 inside the box, 0 outside (the ``b`` of the paper's energy)."""
+        m = torch.zeros(height, width, dtype=dtype)
+        rows, cols = self.pixel_slices(height, width)
+        m[rows, cols] = 1
+        return m
+
+
+def _grid_span(lo: float, hi: float, n: int) -> tuple[int, int]:
+    a = min(max(round(lo * n), 0), n)
+    b = min(max(round(hi * n), 0), n)
+    if b <= a:  # thinner than a cell: take the cell under the centre
+        a = min(max(math.floor((lo + hi) / 2 * n), 0), n - 1)
+        b = a + 1
+    return a, b
+
+
+@dataclass
+class Layout:
+    """Boxes with captions, a background prompt and a negative prompt (paper §3.1).
+
+    ``prompt`` is the user's prompt the layout came from; ``meta`` is free-form (which LLM or planner made it,
+    the raw reply, warnings raised while repairing it, ...).
+    """
+
+    boxes: list[Box] = field(default_factory=list)
+    background: str = DEFAULT_BACKGROUND
+    negative: str = ""
+    prompt: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def phrases(self) -> list[str]:
+        return [b.phrase for b in self.boxes]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def masks(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All box masks stacked: ``(len(self), height, width)``; an empty layout gives ``(0, height, width)``."""
+        if not self.boxes:
+            return torch.zeros(0, height, width, dtype=dtype)
+        return torch.stack([b.mask(height, width, dtype) for b in self.boxes])
+
+    def to_xywh_objects(self, canvas: float = CANVAS_SIZE) -> list[tuple[str, list[int]]]:
+        """The LLM's format: ``[(caption, [x, y, w, h]), ...]`` in pixels."""
+        return [(b.phrase, b.to_xywh(canvas)) for b in self.boxes]
+
+    # -- construction with validation ---------------------------------------------------------
+    @classmethod
+    def from_xywh_objects(
+        cls,
+        objects: Iterable[tuple[str, Sequence[float]]],
+        background: str | None = None,
+        negative: str | None = None,
+        prompt: str = "",
+        canvas: float = CANVAS_SIZE,
+        max_boxes: int = MAX_BOXES,
+        meta: dict[str, Any] | None = None,
+    ) -> "Layout":
+        """Build a validated layout from ``(caption, [x, y, w, h])`` pairs in pixels of the LLM canvas.
+
+        Repairs, each reported with a :class:`LayoutWarning` and recorded in ``meta["warnings"]``:
+        zero-area boxes and canvas-sized "background" boxes (``w >= canvas and h >= canvas``, or a corner
+        outside the canvas) are dropped, as the authors do; other boxes are clipped to the canvas; boxes past
+        ``max_boxes`` are dropped.  An empty background prompt becomes ``"A realistic scene"``.
+        """
+        kept: list[Box] = []
+        notes: list[str] = []
+        for phrase, xywh in objects:
+            phrase = str(phrase).strip()
+            x, y, w, h = (float(v) for v in xywh)
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                notes.append(f"dropped {phrase!r}: non-finite coordinates {[x, y, w, h]}")
+                continue
+            if w <= 0 or h <= 0:
+                notes.append(f"dropped {phrase!r}: zero area {[x, y, w, h]}")
+                continue
+            if (w >= canvas and h >= canvas) or x > canvas or y > canvas:
+                notes.append(f"dropped {phrase!r}: background-like box {[x, y, w, h]}")
+                continue
+            x0, y0 = max(x, 0.0), max(y, 0.0)
+            x1, y1 = min(x + w, canvas), min(y + h, canvas)
+            if x1 <= x0 or y1 <= y0:
+                notes.append(f"dropped {phrase!r}: outside the canvas {[x, y, w, h]}")
+                continue
+            if not phrase:
+                notes.append(f"dropped a box without caption at {[x, y, w, h]}")
+                continue
+            if len(kept) >= max_boxes:
+                notes.append(f"dropped {phrase!r}: more than {max_boxes} boxes")
+                continue
+            if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+                notes.append(f"clipped {phrase!r} to the canvas: {[x, y, w, h]}")
+            kept.append(Box(phrase, x0 / canvas, y0 / canvas, x1 / canvas, y1 / canvas))
+        for note in notes:
+            warnings.warn(note, LayoutWarning, stacklevel=2)
+        meta = dict(meta or {})
+        if notes:
+            meta["warnings"] = meta.get("warnings", []) + notes
+        return cls(
+            boxes=kept,
+            background=(background or "").strip() or DEFAULT_BACKGROUND,
+            negative=(negative or "").strip(),
+            prompt=prompt,
+            meta=meta,
+        )
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "boxes": [asdict(b) for b in self.boxes],
+            "background": self.background,
+            "negative": self.negative,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Layout":
+        return cls(
+            boxes=[Box(**b) for b in d.get("boxes", [])],
+            background=d.get("background", DEFAULT_BACKGROUND),
+            negative=d.get("negative", ""),
+            prompt=d.get("prompt", ""),
+            meta=dict(d.get("meta", {})),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Layout":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Layout":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    # -- pictures -----------------------------------------------------------------------------
+    def draw(self, ax=None, image=None, title: str | None = None, canvas: int = CANVAS_SIZE):
+        """Draw the boxes with coloured, labelled outlines (on ``image`` if given); returns the axes.
+
+        ``image`` may be a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)`` tensor in [0, 1].
+        """
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4, 4))
+        if image is not None:
+            if isinstance(image, torch.Tensor):
+                image = image.detach().float().cpu().clamp(0, 1)
+                image = image.permute(1, 2, 0) if image.ndim == 3 and image.shape[0] in (1, 3) else image
+                image = image.numpy()
+            ax.imshow(image, extent=(0, canvas, canvas, 0))
+        else:
+            ax.add_patch(Rectangle((0, 0), canvas, canvas, color="0.93"))
+        colours = plt.get_cmap("tab10")
+        for i, b in enumerate(self.boxes):
+            x, y, w, h = b.to_xywh(canvas)
+            c = colours(i % 10)
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=c, linewidth=2))
+            ax.text(x + 3, y + 3, b.phrase, va="top", fontsize=8, color="white",
+                    bbox=dict(facecolor=c, alpha=0.85, pad=1.5, edgecolor="none"))
+        ax.set_xlim(0, canvas)
+        ax.set_ylim(canvas, 0)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if title is None:
+            title = self.background + (f"\nnegative: {self.negative}" if self.negative else "")
+        ax.set_title(title, fontsize=9)
+        return ax
