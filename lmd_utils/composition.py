@@ -1,0 +1,297 @@
+"""Composing per-box latents into the overall generation (LMD §3.2, "composed image generation").
+
+After the per-box generations (:mod:`lmd_utils.masks` gives each object's mask), the overall generation starts
+from the shared initial noise and, for the first ``r·T`` steps (``frozen_ratio r = 0.5``), keeps its
+foreground equal to the *composed* per-box latents of the same step:
+
+    z_t ← m ⊙ z_t^composed + (1 − m) ⊙ z_t                          (m: union of the object masks)
+
+This module holds the pure tensor steps:
+
+1. :func:`align_to_box` shifts each per-box trajectory (latents of every step), its mask and its saved
+   attention so the mask's centre of mass lands on the centre of the object's box in the overall layout
+   (authors' ``align_with_bboxes``: the per-box generation placed the object at a centred box, so the shift
+   comes from the mask, not from the box it was generated in).
+2. :func:`compose_latents` pastes the aligned, masked per-box latents over the background latents, largest
+   mask first so smaller objects end on top.
+3. :func:`replace_foreground` is the frozen-step update above; :func:`frozen_step_count` says how many steps.
+4. :func:`attention_transfer_targets` normalises the shifted per-box attention inside the box, the target of
+   the attention-transfer energy (the energy module consumes it).
+
+Shapes: latents ``(C, h, w)`` or with a time axis ``(T, C, h, w)``; masks ``(h, w)`` bool; attention maps
+``(..., h', w')`` with the two spatial dims last (unflatten ``h'·w'`` token maps first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import torch
+
+from .layout import Box
+
+#: Fraction of the denoising steps during which the foreground is copied from the composed latents (authors).
+FROZEN_RATIO = 0.5
+
+AttentionLike = Union[torch.Tensor, Mapping[str, torch.Tensor], None]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Alignment
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shift:
+    """An integer translation in cells of the grid it was computed on: ``dx`` to the right, ``dy`` down."""
+
+    dx: int
+    dy: int
+    grid: tuple[int, int]  # (h, w) of the grid the shift is measured on
+
+    def on_grid(self, height: int, width: int) -> "Shift":
+        """The same translation on another grid (rounded to whole cells there)."""
+        h, w = self.grid
+        return Shift(round(self.dx * width / w), round(self.dy * height / h), (height, width))
+
+    @property
+    def normalized(self) -> tuple[float, float]:
+        """``(dx, dy)`` as fractions of the image width / height."""
+        return self.dx / self.grid[1], self.dy / self.grid[0]
+
+
+def center_of_mass(mask: torch.Tensor) -> tuple[float, float]:
+    """Centre of mass ``(x, y)`` of a 2-D mask in cell units, cell ``(r, c)`` centred at ``(c + 0.5, r + 0.5)``.
+
+    So a box's centre in the same units is ``(box.center[0]·w, box.center[1]·h)``.  (The authors' helper uses
+    cell indices without the ``+0.5``, a bias of half a cell towards the top-left that their 1/8-frame shift
+    rounding then absorbs.)  Raises on an empty mask: an object with no mask cannot be placed.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (h, w), got shape {tuple(mask.shape)}")
+    m = mask.float()
+    total = m.sum()
+    if total <= 0:
+        raise ValueError("empty mask has no centre of mass")
+    h, w = m.shape
+    x = (m.sum(0) * (torch.arange(w, dtype=m.dtype, device=m.device) + 0.5)).sum() / total
+    y = (m.sum(1) * (torch.arange(h, dtype=m.dtype, device=m.device) + 0.5)).sum() / total
+    return float(x), float(y)
+
+
+def alignment_shift(
+    mask: torch.Tensor, box: Box, horizontal_only: bool = False, quantum: int = 1
+) -> Shift:
+    """The integer shift taking ``mask``'s centre of mass to ``box``'s centre (on the mask's grid).
+
+    ``quantum`` rounds the shift to multiples of that many cells.  The default 1 puts the centre of mass
+    within half a cell of the box centre.  The authors round to 1/8 of the frame (``quantum = w // 8``, 8
+    latent cells at 64×64) so the shift is also whole on the 8×8 attention maps of the mid block; with
+    ``quantum=1`` the attention shift is rounded separately on each attention grid (:meth:`Shift.on_grid`).
+    ``horizontal_only`` keeps ``dy = 0`` (the authors' option for LMD+).
+    """
+    if quantum < 1:
+        raise ValueError(f"quantum must be a positive number of cells, got {quantum}")
+    h, w = mask.shape[-2:]
+    cx, cy = center_of_mass(mask)
+    tx, ty = box.center[0] * w, box.center[1] * h
+    dx = round((tx - cx) / quantum) * quantum
+    dy = 0 if horizontal_only else round((ty - cy) / quantum) * quantum
+    return Shift(int(dx), int(dy), (h, w))
+
+
+def shift_tensor(tensor: torch.Tensor, shift: Shift) -> torch.Tensor:
+    """Translate the last two dims of ``tensor`` by ``shift`` (rescaled to this grid); vacated cells are 0.
+
+    Parts moved out of the frame are dropped and the uncovered band is zero-filled, as the authors'
+    ``shift_tensor`` does (``torch.roll`` would wrap the object round to the other side).  A zero-filled band
+    is harmless because the mask is shifted the same way and only masked cells are ever pasted.
+    """
+    h, w = tensor.shape[-2:]
+    s = shift if shift.grid == (h, w) else shift.on_grid(h, w)
+    out = torch.zeros_like(tensor)
+    dx, dy = s.dx, s.dy
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    src_y, dst_y = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
+    out[..., dst_y, dst_x] = tensor[..., src_y, src_x]
+    return out
+
+
+@dataclass
+class AlignedObject:
+    """A per-box trajectory moved onto its overall box: latents, mask, attention and the shift used."""
+
+    latents: torch.Tensor
+    mask: torch.Tensor
+    attention: AttentionLike
+    shift: Shift
+
+
+def align_to_box(
+    latents: torch.Tensor,
+    mask: torch.Tensor,
+    box: Box,
+    attention: AttentionLike = None,
+    horizontal_only: bool = False,
+    quantum: int = 1,
+) -> AlignedObject:
+    """Shift one object's latents (``(C, h, w)`` or ``(T, C, h, w)``), mask ``(h, w)`` and attention together.
+
+    The shift is measured on the latent grid (:func:`alignment_shift`) and applied to attention maps on their
+    own grids (``(..., h', w')`` tensors, or a dict of them keyed by layer); see ``quantum`` there for the
+    authors' 1/8-frame rounding.  Authors' ``align_with_bboxes`` + ``shift_saved_attns``.
+    """
+    if tuple(latents.shape[-2:]) != tuple(mask.shape):
+        raise ValueError(f"latents {tuple(latents.shape)} and mask {tuple(mask.shape)} differ in size")
+    shift = alignment_shift(mask, box, horizontal_only=horizontal_only, quantum=quantum)
+    moved_attention: AttentionLike
+    if attention is None:
+        moved_attention = None
+    elif isinstance(attention, torch.Tensor):
+        moved_attention = shift_tensor(attention, shift)
+    else:
+        moved_attention = {k: shift_tensor(v, shift) for k, v in attention.items()}
+    return AlignedObject(shift_tensor(latents, shift), shift_tensor(mask.bool(), shift), moved_attention, shift)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Composition
+# ---------------------------------------------------------------------------------------------------------
+def _binary(masks: torch.Tensor) -> torch.Tensor:
+    if masks.dtype == torch.bool:
+        return masks
+    if not torch.all((masks == 0) | (masks == 1)):
+        raise ValueError("masks must be bool or contain only 0 and 1")
+    return masks.bool()
+
+
+def paste_order(masks: torch.Tensor) -> torch.Tensor:
+    """Indices of ``masks`` ``(n, h, w)`` from largest to smallest area (stable: equal areas keep their order).
+
+    Pasting in this order lets later (smaller) objects overwrite larger ones where they overlap (authors).
+    """
+    areas = _binary(masks).flatten(1).sum(1)
+    return torch.sort(-areas, stable=True).indices
+
+
+def compose_latents(
+    background_latents: torch.Tensor, per_box_latents: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste each object's latents inside its mask over the background: ``(composed, union_mask)``.
+
+    Without time axis: ``background (C, h, w)``, ``per_box (n, C, h, w)`` → ``composed (C, h, w)``.
+    With time axis: ``per_box (n, T, C, h, w)`` and ``background (T, C, h, w)`` or ``(C, h, w)`` (repeated over
+    steps) → ``composed (T, C, h, w)``, one composed latent per step for the frozen steps.  ``masks`` ``(n, h,
+    w)``, already aligned.  Largest mask first, so smaller objects stay on top.  ``union_mask`` ``(h, w)`` bool.
+
+    The authors fill steps after the first with zeros outside the masks (to catch accidental reads); we keep
+    the background there, since :func:`replace_foreground` reads only masked cells.  They also paste the
+    initial noise (step 0) over each mask's *bounding box*; call this function on step 0 with box masks for
+    that (our per-box generations share the background noise, so there is nothing to paste).
+    """
+    masks = _binary(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (n, h, w), got {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if per_box_latents.shape[0] != n or tuple(per_box_latents.shape[-2:]) != (h, w):
+        raise ValueError(f"per-box latents {tuple(per_box_latents.shape)} do not match masks {tuple(masks.shape)}")
+    frame_shape = per_box_latents.shape[1:]  # (C, h, w) or (T, C, h, w)
+    if per_box_latents.ndim not in (4, 5):
+        raise ValueError(f"per-box latents must be (n, C, h, w) or (n, T, C, h, w), got {tuple(per_box_latents.shape)}")
+    if background_latents.shape == frame_shape:
+        composed = background_latents.clone()
+    elif per_box_latents.ndim == 5 and background_latents.shape == frame_shape[1:]:
+        composed = background_latents.expand(frame_shape).clone()
+    else:
+        raise ValueError(
+            f"background {tuple(background_latents.shape)} does not fit per-box latents {tuple(per_box_latents.shape)}"
+        )
+    composed = composed.to(per_box_latents.dtype)
+    for i in paste_order(masks).tolist():
+        composed = torch.where(masks[i].to(composed.device), per_box_latents[i], composed)
+    return composed, masks.any(0)
+
+
+def foreground_indices(masks: torch.Tensor) -> torch.Tensor:
+    """``(h, w)`` long map: 0 for background, ``i + 1`` where object ``i`` is on top after :func:`compose_latents`."""
+    masks = _binary(masks)
+    index = torch.zeros(masks.shape[-2:], dtype=torch.long)
+    for i in paste_order(masks).tolist():
+        index[masks[i].cpu()] = i + 1
+    return index
+
+
+def frozen_step_count(num_steps: int, frozen_ratio: float = FROZEN_RATIO) -> int:
+    """How many of the first denoising steps copy the composed foreground: ``int(num_steps · ratio)``.
+
+    Floor, as the authors (``int(num_inference_steps * frozen_step_ratio)``); ``round`` would differ only for
+    odd step counts.  The ratio is clipped to [0, 1].
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    return int(num_steps * min(max(frozen_ratio, 0.0), 1.0))
+
+
+def replace_foreground(z: torch.Tensor, composed_k: torch.Tensor, union_mask: torch.Tensor) -> torch.Tensor:
+    """``m ⊙ composed_k + (1 − m) ⊙ z`` for a frozen step ``k < frozen_step_count(...)`` (paper §3.2).
+
+    ``z`` is the overall latent ``(C, h, w)`` or ``(B, C, h, w)`` (e.g. a CFG-free batch of images);
+    ``composed_k`` the composed latent of the same step, broadcastable to ``z``; ``union_mask`` ``(h, w)``.
+    Returns a new tensor in ``z``'s dtype; ``z`` outside the mask is returned unchanged (bit for bit).
+    """
+    m = _binary(union_mask)
+    if tuple(m.shape) != tuple(z.shape[-2:]) or tuple(composed_k.shape[-2:]) != tuple(z.shape[-2:]):
+        raise ValueError(
+            f"z {tuple(z.shape)}, composed {tuple(composed_k.shape)}, mask {tuple(m.shape)} differ in size"
+        )
+    return torch.where(m.to(z.device), composed_k.to(device=z.device, dtype=z.dtype), z)
+
+
+def apply_frozen_step(
+    z_after_step: torch.Tensor,
+    step_index: int,
+    composed: torch.Tensor,
+    union_mask: torch.Tensor,
+    frozen_steps: int,
+) -> torch.Tensor:
+    """The frozen-step rule inside the sampling loop, with the authors' trajectory indexing.
+
+    ``composed`` ``(T + 1, C, h, w)`` holds the composed trajectory: ``composed[0]`` the initial noise,
+    ``composed[k + 1]`` the latent after denoising step ``k``.  After the overall pass's step ``step_index``
+    (0-based), while ``step_index < frozen_steps``, the foreground becomes ``composed[step_index + 1]``
+    (authors' ``generate_partial_frozen``); later steps return ``z_after_step`` itself.
+    """
+    if step_index < 0:
+        raise ValueError(f"step_index must be >= 0, got {step_index}")
+    if step_index >= frozen_steps:
+        return z_after_step
+    if step_index + 1 >= composed.shape[0]:
+        raise ValueError(
+            f"composed trajectory has {composed.shape[0]} entries, step {step_index} needs {step_index + 2}"
+        )
+    return replace_foreground(z_after_step, composed[step_index + 1], union_mask)
+
+
+def attention_transfer_targets(
+    attention_maps: torch.Tensor, boxes: Sequence[Box] | torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Per-box attention, zeroed outside the box and divided by its in-box sum (authors' reference attention).
+
+    ``attention_maps`` ``(n, ..., h', w')`` (already shifted with :func:`align_to_box`; e.g. ``(n, T, h', w')``
+    or ``(n, T, heads, h', w')``), ``boxes`` the *overall* boxes, one per map (or box masks ``(n, h', w')``).
+    Returns the same shape: ``A·b / (Σ A·b + eps)`` over the spatial dims, so each step's map sums to ≈ 1
+    inside the box (the authors' ``add_ref_ca_loss_per_attn_map_to_lossv2`` normalisation, ``eps = 1e-5``).
+    """
+    n = attention_maps.shape[0]
+    h, w = attention_maps.shape[-2:]
+    if isinstance(boxes, torch.Tensor):
+        b = _binary(boxes)
+    else:
+        masks = [box.mask(h, w, dtype=torch.bool) for box in boxes]
+        b = torch.stack(masks) if masks else torch.zeros(0, h, w, dtype=torch.bool)
+    if b.shape != (n, h, w):
+        raise ValueError(f"{n} attention maps of size {(h, w)} but box masks {tuple(b.shape)}")
+    b = b.to(attention_maps.device).reshape(n, *([1] * (attention_maps.ndim - 3)), h, w)
+    masked = attention_maps * b
+    return masked / (masked.sum(dim=(-2, -1), keepdim=True) + eps)

@@ -1,0 +1,173 @@
+"""Tests for lmd_utils.composition: alignment shifts, latent composition, the frozen-step rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmd_utils.composition import (
+    Shift,
+    align_to_box,
+    alignment_shift,
+    apply_frozen_step,
+    attention_transfer_targets,
+    center_of_mass,
+    compose_latents,
+    foreground_indices,
+    frozen_step_count,
+    paste_order,
+    replace_foreground,
+    shift_tensor,
+)
+from lmd_utils.layout import Box
+
+
+def _rect(h, w, rows, cols):
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[rows, cols] = True
+    return m
+
+
+# -- centre of mass and shifts ----------------------------------------------------------------------------
+def test_center_of_mass_uses_cell_centres():
+    m = _rect(10, 12, slice(2, 5), slice(5, 9))  # rows 2..4, cols 5..8
+    assert center_of_mass(m) == pytest.approx((6.5 + 0.5, 3.0 + 0.5))  # mean index + half a cell
+    with pytest.raises(ValueError):
+        center_of_mass(torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_shift_tensor_zero_fills_instead_of_wrapping():
+    x = torch.arange(1, 17, dtype=torch.float32).reshape(1, 4, 4)
+    right = shift_tensor(x, Shift(1, 0, (4, 4)))
+    assert right[0, :, 0].tolist() == [0, 0, 0, 0]  # vacated column is zero, not the wrapped last column
+    assert torch.equal(right[0, :, 1:], x[0, :, :3])
+    up_left = shift_tensor(x, Shift(-2, -1, (4, 4)))
+    assert torch.equal(up_left[0, :3, :2], x[0, 1:, 2:]) and up_left[0, 3].abs().sum() == 0
+    assert shift_tensor(x, Shift(5, 0, (4, 4))).abs().sum() == 0  # moved out of frame entirely
+    # a shift measured on a 64-grid moves a 16-grid map by a quarter as many cells
+    assert Shift(8, -4, (64, 64)).on_grid(16, 16) == Shift(2, -1, (16, 16))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_alignment_moves_centre_of_mass_onto_box_centre(seed):
+    g = torch.Generator().manual_seed(seed)
+    h = w = 64
+    # a blob somewhere near the centred per-box location, a target box elsewhere
+    r0, c0 = (int(v) for v in torch.randint(16, 30, (2,), generator=g))
+    mask = (torch.rand(h, w, generator=g) < 0.7) & _rect(h, w, slice(r0, r0 + 14), slice(c0, c0 + 11))
+    x0, y0 = (float(v) for v in torch.rand(2, generator=g) * 0.5)
+    box = Box("obj", x0, y0, x0 + 0.3 + 0.1 * seed / 6, y0 + 0.35)
+    aligned = align_to_box(torch.randn(3, 4, h, w, generator=g), mask, box)
+    cx, cy = center_of_mass(aligned.mask)
+    assert abs(cx - box.center[0] * w) <= 0.5 and abs(cy - box.center[1] * h) <= 0.5
+    assert aligned.mask.sum() == mask.sum()  # nothing fell off the frame here
+
+
+def test_alignment_quantum_and_horizontal_only():
+    mask = _rect(64, 64, slice(30, 40), slice(26, 36))  # centre (31, 35)
+    box = Box("o", 0.6, 0.1, 0.8, 0.3)  # centre (44.8, 12.8) cells
+    s = alignment_shift(mask, box, quantum=8)  # authors' 1/8-frame rounding
+    assert (s.dx, s.dy) == (16, -24)
+    s = alignment_shift(mask, box, horizontal_only=True)
+    assert (s.dx, s.dy) == (14, 0)
+
+
+def test_align_to_box_moves_latents_mask_and_attention_together():
+    h = w = 64
+    mask = _rect(h, w, slice(24, 40), slice(24, 40))  # centre (32, 32)
+    latents = torch.randn(5, 4, h, w)  # (T, C, h, w)
+    attention = {"mid": torch.rand(5, 2, 8, 8), "up": torch.rand(5, 2, 16, 16)}
+    box = Box("o", 0.0, 0.0, 0.25, 0.25)  # centre (8, 8) cells → shift (-24, -24)
+    out = align_to_box(latents, mask, box, attention=attention)
+    assert (out.shift.dx, out.shift.dy) == (-24, -24)
+    assert torch.equal(out.latents[:, :, :16, :16], latents[:, :, 24:40, 24:40])
+    assert torch.equal(out.mask, _rect(h, w, slice(0, 16), slice(0, 16)))
+    assert torch.equal(out.attention["up"][..., :10, :10], attention["up"][..., 6:, 6:])  # 24/4 = 6 cells
+    assert torch.equal(out.attention["mid"][..., :5, :5], attention["mid"][..., 3:, 3:])  # 24/8 = 3 cells
+    single = align_to_box(latents[0], mask, box, attention=attention["up"])
+    assert torch.equal(single.attention, out.attention["up"])
+
+
+# -- composition ------------------------------------------------------------------------------------------
+def _scene():
+    h = w = 8
+    big = _rect(h, w, slice(1, 7), slice(1, 7))  # 36 cells
+    small = _rect(h, w, slice(3, 5), slice(5, 8))  # 6 cells, overlaps big in (3..4, 5..6)
+    return h, w, big, small
+
+
+def test_compose_writes_exactly_the_masks_and_keeps_small_on_top():
+    h, w, big, small = _scene()
+    background = torch.full((4, h, w), -1.0)
+    for masks in (torch.stack([small, big]), torch.stack([big, small])):  # input order must not matter
+        latents = torch.stack([torch.full((4, h, w), float(masks[i].sum())) for i in range(2)])
+        composed, union = compose_latents(background, latents, masks)
+        assert torch.equal(union, big | small)
+        assert torch.equal(composed[:, ~union], background[:, ~union])  # nothing written outside
+        assert (composed[:, small] == 6.0).all()  # the smaller object on top where they overlap
+        assert (composed[:, big & ~small] == 36.0).all()
+    idx = foreground_indices(torch.stack([big, small]))
+    assert idx[0, 0] == 0 and idx[2, 2] == 1 and idx[3, 6] == 2
+    assert paste_order(torch.stack([small, big, small])).tolist() == [1, 0, 2]
+
+
+def test_compose_over_time_steps():
+    h, w, big, small = _scene()
+    n, T, C = 2, 3, 4
+    per_box = torch.randn(n, T, C, h, w)
+    masks = torch.stack([big, small])
+    bg_steps = torch.randn(T, C, h, w)
+    composed, union = compose_latents(bg_steps, per_box, masks)
+    assert composed.shape == (T, C, h, w)
+    for t in range(T):
+        single, _ = compose_latents(bg_steps[t], per_box[:, t], masks)
+        assert torch.equal(composed[t], single)
+    # one background frame is repeated over the steps
+    composed_one, _ = compose_latents(bg_steps[0], per_box, masks)
+    assert torch.equal(composed_one[2][:, ~union], bg_steps[0][:, ~union])
+    with pytest.raises(ValueError):
+        compose_latents(bg_steps[:, :2], per_box, masks)
+    with pytest.raises(ValueError):
+        compose_latents(bg_steps, per_box, masks.float() * 0.5)  # soft masks are refused
+
+
+# -- frozen steps -----------------------------------------------------------------------------------------
+def test_replace_foreground_is_identity_outside_the_mask():
+    h, w, big, small = _scene()
+    union = big | small
+    z = torch.randn(2, 4, h, w)  # a batch of overall latents
+    composed_k = torch.randn(4, h, w)
+    out = replace_foreground(z, composed_k, union)
+    assert out.shape == z.shape and out.dtype == z.dtype
+    assert torch.equal(out[:, :, ~union], z[:, :, ~union])
+    assert torch.equal(out[:, :, union], composed_k[:, union].expand(2, -1, -1))
+    assert torch.equal(replace_foreground(z, composed_k, torch.zeros(h, w, dtype=torch.bool)), z)
+
+
+def test_frozen_step_count_and_indexing():
+    assert frozen_step_count(50) == 25 and frozen_step_count(25) == 12 and frozen_step_count(50, 2.0) == 50
+    assert frozen_step_count(50, 0.0) == 0
+    h, w, big, _ = _scene()
+    T = 4
+    composed = torch.arange(T + 1, dtype=torch.float32)[:, None, None, None].expand(T + 1, 1, h, w).clone()
+    z = torch.full((1, h, w), -5.0)
+    frozen = frozen_step_count(T, 0.5)  # 2
+    assert (apply_frozen_step(z, 0, composed, big, frozen)[:, big] == 1.0).all()  # after step 0 → composed[1]
+    assert (apply_frozen_step(z, 1, composed, big, frozen)[:, big] == 2.0).all()
+    assert torch.equal(apply_frozen_step(z, 2, composed, big, frozen), z)  # no longer frozen
+
+
+def test_attention_transfer_targets_normalised_inside_box():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(2, 5, 16, 16, generator=g)  # (n, T, h', w')
+    boxes = [Box("a", 0.0, 0.0, 0.5, 0.5), Box("b", 0.25, 0.5, 1.0, 1.0)]
+    targets = attention_transfer_targets(maps, boxes)
+    assert targets.shape == maps.shape
+    for i, b in enumerate(boxes):
+        inside = b.mask(16, 16, dtype=torch.bool)
+        assert torch.allclose(targets[i].sum((-2, -1)), torch.ones(5), atol=1e-4)
+        assert (targets[i][:, ~inside] == 0).all()
+        ratio = targets[i][:, inside] / maps[i][:, inside]
+        assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio))  # a per-step rescaling of the in-box values
+    with pytest.raises(ValueError):
+        attention_transfer_targets(maps, boxes[:1])
