@@ -1,0 +1,868 @@
+"""Stage 1 of LMD: an LLM turns a prompt into a layout (paper §3.1; multi-round dialog and other languages: §3,
+"instruction-based scene specification").
+
+Four pieces, each usable alone:
+
+* **Template** (:func:`load_template`, :class:`LayoutTemplate`): the versioned text file
+  ``data/templates/layout_template_v1.txt`` holds the task, the canvas/box conventions, the paper's two rules
+  (one box per object instance; every foreground object in the layout) and in-context examples.  We send the
+  examples as *chat turns* (user caption → assistant layout) after the system message, rather than inline in one
+  long user message as the authors do: the same dialogue shape then carries on naturally into multi-round
+  editing (:class:`LayoutSession`).
+* **Parser** (:func:`parse_layout_reply`, :func:`reply_to_layout`): a small hand-written reader for the
+  Python/JSON literal subset LLMs write (never ``eval``).  It tolerates code fences, prose around the answer, an
+  ``Objects:`` prefix, JSON lists, ``{"name": ..., "bounding_box": ...}`` dicts, a missing/"None" negative
+  prompt and trailing commentary; anything else raises :class:`LayoutParseError`.
+* **Sources** of layouts, all with ``get_layout(prompt, sample=None) -> Layout``:
+  :class:`ReplyFileSource` (read-only replies in the authors' ``{prompt: [reply, ...]}`` format),
+  :class:`LLMLayoutSource` (any OpenAI-compatible chat endpoint: OpenAI, ollama, vLLM, llama.cpp server) with
+  a :class:`ReplyCache`, and the offline planner (:mod:`lmd_utils.planner`).  As in the authors' code, the k-th
+  request for a prompt gets the k-th reply, so multi-sample runs are reproducible.
+* **Dialog** (:class:`LayoutSession`): keeps the message history and the current layout, so that
+  ``session.ask("make the dog bigger")`` returns an edited layout.
+
+The API key is only ever handed to the ``openai`` client: it is never stored in the cache, in ``Layout.meta``,
+in a ``repr`` or in a log message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+from .layout import Layout
+
+TEMPLATE_VERSION = "v1"
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "templates"
+#: Sampling temperature the authors use for layout generation.
+DEFAULT_TEMPERATURE = 0.25
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+#: How many replies we ask for (the first plus reprompts) before giving up on an unparseable answer.
+DEFAULT_PARSE_ATTEMPTS = 3
+ENV_API_KEY = "OPENAI_API_KEY"
+ENV_BASE_URL = "OPENAI_BASE_URL"
+ENV_MODEL = "LMD_LLM_MODEL"
+ENV_CACHE = "LMD_LLM_CACHE"
+#: Placeholder key for local servers (ollama, vLLM, llama.cpp) that ignore it but the client needs one.
+LOCAL_SERVER_KEY = "not-needed"
+
+CAPTION_PREFIX = "Caption: "
+FOLLOW_UP_PREFIX = "Follow-up instruction: "
+REPROMPT = (
+    "I could not read that answer ({error}). Reply again with only the three lines "
+    "'Objects: [...]', 'Background prompt: ...' and 'Negative prompt: ...'."
+)
+
+
+# =============================================================================================================
+# Template
+# =============================================================================================================
+@dataclass(frozen=True)
+class LayoutTemplate:
+    """The prompt template: a system message and in-context examples as (user, assistant) chat turns."""
+
+    version: str
+    system: str
+    examples: tuple[tuple[str, str], ...]
+
+    def messages(self, prompt: str | None = None, history: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
+        """Chat messages for one request: system, the examples as turns, ``history``, then ``Caption: prompt``."""
+        msgs = [{"role": "system", "content": self.system}]
+        for user, assistant in self.examples:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        msgs += [dict(m) for m in history]
+        if prompt is not None:
+            msgs.append(caption_turn(prompt))
+        return msgs
+
+    def render(self, prompt: str | None = None) -> str:
+        """The whole conversation as readable text (what notebook 06 prints)."""
+        blocks = [f"--- {m['role']} ---\n{m['content']}" for m in self.messages(prompt)]
+        return f"LMD layout template {self.version}\n\n" + "\n\n".join(blocks)
+
+
+_SECTION_RE = re.compile(r"^\[(system|user|assistant)\]\s*$", re.M)
+
+
+def load_template(version: str = TEMPLATE_VERSION, path: str | Path | None = None) -> LayoutTemplate:
+    """Read ``data/templates/layout_template_<version>.txt`` (or ``path``) into a :class:`LayoutTemplate`."""
+    path = Path(path) if path is not None else TEMPLATES_DIR / f"layout_template_{version}.txt"
+    text = path.read_text(encoding="utf-8")
+    parts = _SECTION_RE.split(text)  # [header, name, body, name, body, ...]
+    sections = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    if not sections or sections[0][0] != "system":
+        raise ValueError(f"{path}: the template must start with a [system] section")
+    turns = sections[1:]
+    if len(turns) % 2 or any(
+        (name, other) != ("user", "assistant") for (name, _), (other, _) in zip(turns[::2], turns[1::2])
+    ):
+        raise ValueError(f"{path}: after [system], sections must alternate [user] / [assistant]")
+    examples = tuple((u, a) for (_, u), (_, a) in zip(turns[::2], turns[1::2]))
+    for _, reply in examples:  # the examples must be readable by our own parser
+        parse_layout_reply(reply)
+    return LayoutTemplate(version=version, system=sections[0][1], examples=examples)
+
+
+def show_template(prompt: str | None = None, version: str = TEMPLATE_VERSION) -> str:
+    """The template as text, optionally with a request for ``prompt`` at the end."""
+    return load_template(version).render(prompt)
+
+
+def caption_turn(prompt: str) -> dict[str, str]:
+    """The user turn that asks for a layout of ``prompt``."""
+    return {"role": "user", "content": CAPTION_PREFIX + prompt.strip()}
+
+
+def follow_up_turn(instruction: str) -> dict[str, str]:
+    """The user turn that asks to edit the previous layout (multi-round dialog)."""
+    return {"role": "user", "content": FOLLOW_UP_PREFIX + instruction.strip()}
+
+
+def format_layout_reply(
+    objects: Iterable[tuple[str, Sequence[float]]], background: str | None = None, negative: str | None = None
+) -> str:
+    """Write a layout in the template's reply format (the inverse of :func:`parse_layout_reply`)."""
+
+    def num(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+    items = ", ".join(f"({str(name)!r}, [{', '.join(num(v) for v in xywh)}])" for name, xywh in objects)
+    lines = [f"Objects: [{items}]", f"Background prompt: {background or ''}", f"Negative prompt: {negative or ''}"]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def layout_to_reply(layout: Layout) -> str:
+    """A :class:`Layout` in the template's reply format (pixels of the 512×512 canvas)."""
+    return format_layout_reply(layout.to_xywh_objects(), layout.background, layout.negative)
+
+
+# =============================================================================================================
+# Parser
+# =============================================================================================================
+class LayoutParseError(ValueError):
+    """An LLM reply that does not contain a readable layout; the message quotes the offending text."""
+
+
+@dataclass
+class ParsedReply:
+    """What an LLM reply says: raw ``(caption, [x, y, w, h])`` objects (pixels, unclipped), prompts, the text."""
+
+    objects: list[tuple[str, list[float]]]
+    background: str | None
+    negative: str
+    text: str = field(default="", repr=False)
+
+    def to_layout(self, prompt: str = "", meta: dict[str, Any] | None = None) -> Layout:
+        """Validate into a :class:`Layout` (drops/clips boxes as the authors do); keeps the raw reply in meta."""
+        meta = {"reply": self.text, "objects": [[n, list(b)] for n, b in self.objects], **(meta or {})}
+        return Layout.from_xywh_objects(self.objects, self.background, self.negative, prompt=prompt, meta=meta)
+
+
+_MAX_REPLY_CHARS = 200_000
+_MAX_DEPTH = 16
+_MAX_CANDIDATES = 64
+_LABEL = r"^[ \t>*_#-]*{}[ \t*_]*:[ \t*_]*"
+_OBJECTS_RE = re.compile(_LABEL.format(r"objects?"), re.I | re.M)
+_BACKGROUND_RE = re.compile(_LABEL.format(r"background(?:[ _]prompt)?") + r"(?P<value>[^\n]*)", re.I | re.M)
+_NEGATIVE_RE = re.compile(_LABEL.format(r"negative(?:[ _]prompt)?") + r"(?P<value>[^\n]*)", re.I | re.M)
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_WORD_RE = re.compile(r"[A-Za-z_]\w*")
+_EMPTY_WORDS = {"", "none", "n/a", "na", "null", "nothing", "no", "-", "empty"}
+_NAME_KEYS = ("name", "caption", "object", "label", "phrase", "description")
+_BOX_KEYS = ("bounding_box", "boundingbox", "box", "bbox", "xywh", "coordinates")
+
+
+class _Syntax(Exception):
+    """Internal: the literal reader failed at ``pos``."""
+
+    def __init__(self, pos: int, message: str) -> None:
+        super().__init__(message)
+        self.pos = pos
+
+
+class _LiteralReader:
+    """Reads one Python/JSON literal (lists, tuples, dicts, strings, numbers, None/null/true/false).
+
+    A quote closes a string only when the next non-blank character ends the item (``, ) ] } :``) or the text
+    ends, so captions such as ``'a man's hat'`` survive.  Nesting is limited to keep errors cheap.
+    """
+
+    _CLOSERS = {"[": "]", "(": ")", "{": "}"}
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def skip_blanks(self, pos: int) -> int:
+        while pos < len(self.text) and self.text[pos].isspace():
+            pos += 1
+        return pos
+
+    def read(self, pos: int, depth: int = 0) -> tuple[Any, int]:
+        """The value starting at ``pos`` (after blanks) and the position just after it."""
+        if depth > _MAX_DEPTH:
+            raise _Syntax(pos, f"nested deeper than {_MAX_DEPTH} levels")
+        pos = self.skip_blanks(pos)
+        if pos >= len(self.text):
+            raise _Syntax(pos, "the text ends where a value should start")
+        c = self.text[pos]
+        if c in "[(":
+            return self._read_sequence(pos, depth)
+        if c == "{":
+            return self._read_dict(pos, depth)
+        if c in "'\"":
+            return self._read_string(pos)
+        m = _NUMBER_RE.match(self.text, pos)
+        if m:
+            return float(m.group()), m.end()
+        m = _WORD_RE.match(self.text, pos)
+        if m and m.group().lower() in ("none", "null"):
+            return None, m.end()
+        if m and m.group().lower() in ("true", "false"):
+            return m.group().lower() == "true", m.end()
+        raise _Syntax(pos, f"unexpected {self.text[pos:pos + 12]!r}")
+
+    def _read_sequence(self, pos: int, depth: int) -> tuple[Any, int]:
+        opener = self.text[pos]
+        closer = self._CLOSERS[opener]
+        items: list[Any] = []
+        pos = self.skip_blanks(pos + 1)
+        while True:
+            if pos < len(self.text) and self.text[pos] == closer:
+                return (items if opener == "[" else tuple(items)), pos + 1
+            value, pos = self.read(pos, depth + 1)
+            items.append(value)
+            pos = self.skip_blanks(pos)
+            if pos < len(self.text) and self.text[pos] == ",":
+                pos = self.skip_blanks(pos + 1)
+            elif pos >= len(self.text) or self.text[pos] != closer:
+                raise _Syntax(pos, f"expected ',' or {closer!r}")
+
+    def _read_dict(self, pos: int, depth: int) -> tuple[dict[str, Any], int]:
+        items: dict[str, Any] = {}
+        pos = self.skip_blanks(pos + 1)
+        while True:
+            if pos < len(self.text) and self.text[pos] == "}":
+                return items, pos + 1
+            m = _WORD_RE.match(self.text, pos)
+            if m:  # a bare key, as in JavaScript
+                key, pos = m.group(), m.end()
+            else:
+                key, pos = self.read(pos, depth + 1)
+                if not isinstance(key, str):
+                    raise _Syntax(pos, "a dictionary key must be a string")
+            pos = self.skip_blanks(pos)
+            if pos >= len(self.text) or self.text[pos] != ":":
+                raise _Syntax(pos, "expected ':' after a dictionary key")
+            items[key], pos = self.read(pos + 1, depth + 1)
+            pos = self.skip_blanks(pos)
+            if pos < len(self.text) and self.text[pos] == ",":
+                pos = self.skip_blanks(pos + 1)
+            elif pos >= len(self.text) or self.text[pos] != "}":
+                raise _Syntax(pos, "expected ',' or '}'")
+
+    def _read_string(self, pos: int) -> tuple[str, int]:
+        quote, start = self.text[pos], pos
+        out: list[str] = []
+        pos += 1
+        while pos < len(self.text):
+            c = self.text[pos]
+            if c == "\\" and pos + 1 < len(self.text):
+                char, pos = self._escape(pos + 1)
+                out.append(char)
+                continue
+            if c == quote:
+                after = self.skip_blanks(pos + 1)
+                if after >= len(self.text) or self.text[after] in ",)]}:":
+                    return "".join(out), pos + 1
+            out.append(c)
+            pos += 1
+        raise _Syntax(start, "unterminated string")
+
+    def _escape(self, pos: int) -> tuple[str, int]:
+        """The character of the escape whose letter is at ``pos`` (Python/JSON escapes); unknown ones stay."""
+        c = self.text[pos]
+        simple = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0"}
+        if c in simple:
+            return simple[c], pos + 1
+        width = {"x": 2, "u": 4, "U": 8}.get(c)
+        digits = self.text[pos + 1:pos + 1 + width] if width else ""
+        if width and len(digits) == width and all(d in "0123456789abcdefABCDEF" for d in digits):
+            code, pos = int(digits, 16), pos + 1 + width
+            if 0xD800 <= code < 0xDC00 and re.match(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}", self.text[pos:pos + 6]):
+                low = int(self.text[pos + 2:pos + 6], 16)  # a JSON surrogate pair: one character
+                return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), pos + 6
+            if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+                return "\ufffd", pos  # a lone surrogate cannot be written out as UTF-8
+            return chr(code), pos
+        return c, pos + 1
+
+
+def _excerpt(text: str, pos: int = 0, width: int = 60) -> str:
+    """A short quote of ``text`` around ``pos`` for error messages."""
+    lo = max(pos - width // 2, 0)
+    snippet = text[lo:lo + width]
+    return ("…" if lo else "") + repr(snippet)[1:-1] + ("…" if lo + width < len(text) else "")
+
+
+def _as_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, str) and not _NUMBER_RE.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
+def _as_box(value: Any) -> list[float]:
+    if isinstance(value, dict):  # {"x": .., "y": .., "w"/"width": .., "h"/"height": ..}
+        keys = {k.lower(): v for k, v in value.items()}
+        try:
+            value = [keys["x"], keys["y"], keys.get("w", keys.get("width")), keys.get("h", keys.get("height"))]
+        except KeyError as e:
+            raise ValueError(f"box {value!r} lacks {e}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"box {value!r} is not [x, y, w, h]")
+    return [_as_number(v) for v in value]
+
+
+def _as_object(item: Any) -> tuple[str, list[float]]:
+    """One ``(caption, [x, y, w, h])`` from a tuple/list, a 5-tuple or a dict."""
+    if isinstance(item, dict):
+        keys = {re.sub(r"[\s-]", "_", k.lower()): v for k, v in item.items()}
+        name = next((keys[k] for k in _NAME_KEYS if k in keys), None)
+        box = next((keys[k] for k in _BOX_KEYS if k in keys), None)
+        if not isinstance(name, str) or box is None:
+            raise ValueError(f"object {item!r} needs a name and a bounding_box")
+        return name, _as_box(box)
+    if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
+        return item[0], _as_box(item[1])
+    if isinstance(item, (list, tuple)) and len(item) == 5 and isinstance(item[0], str):
+        return item[0], _as_box(item[1:])
+    raise ValueError(f"{item!r} is not ('caption', [x, y, w, h])")
+
+
+def _as_objects(value: Any) -> tuple[list[tuple[str, list[float]]], dict[str, Any]]:
+    """Objects from a list of items, or from a JSON-style ``{"objects": [...], ...}`` answer (with its extras)."""
+    extras: dict[str, Any] = {}
+    if isinstance(value, dict):
+        keys = {re.sub(r"[^a-z]", "", k.lower()): v for k, v in value.items()}
+        if "objects" not in keys:
+            raise ValueError("a dictionary without an 'objects' entry")
+        extras = {k: keys[k] for k in ("backgroundprompt", "background", "negativeprompt", "negative") if k in keys}
+        value = keys["objects"]
+    if not isinstance(value, list):
+        raise ValueError(f"{type(value).__name__} is not a list of objects")
+    return [_as_object(item) for item in value], extras
+
+
+def _clean_prompt(value: Any) -> str:
+    text = str(value).strip().strip("`'\"*_ ").strip()
+    return text
+
+
+def _is_empty_prompt(text: str) -> bool:
+    return text.strip().rstrip(".").strip().lower() in _EMPTY_WORDS
+
+
+def parse_layout_reply(text: str) -> ParsedReply:
+    """Read an LLM reply: ``Objects: [('a red car', [x, y, w, h]), ...]`` / ``Background prompt: ...`` /
+    ``Negative prompt: ...`` (the template's format and the authors' published replies, paper §3.1).
+
+    Boxes are returned raw (pixels, not clipped or dropped); :meth:`ParsedReply.to_layout` validates them.
+    A missing background gives ``None``; a missing or "None" negative prompt gives ``""``.
+    Raises :class:`LayoutParseError` (quoting the text) when no list of objects can be read.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"an LLM reply must be a string, not {type(text).__name__}")
+    if len(text) > _MAX_REPLY_CHARS:
+        raise LayoutParseError(f"reply of {len(text)} characters is too long to be a layout: {_excerpt(text)}")
+
+    # The list starts after an "Objects:" label if there is one; prose may hold other brackets, so try each
+    # '[' / '{' in turn and take the first that reads as a list of objects.
+    label = _OBJECTS_RE.search(text)
+    start = label.end() if label else 0
+    reader = _LiteralReader(text)
+    first_problem: tuple[int, str] | None = None
+    candidates = [m.start() for m in re.finditer(r"[\[{]", text[start:])][:_MAX_CANDIDATES]
+    for offset in candidates:
+        pos = start + offset
+        try:
+            value, _ = reader.read(pos)
+        except _Syntax as e:
+            first_problem = first_problem or (e.pos, f"cannot read a literal: {e}")
+            continue
+        try:
+            objects, extras = _as_objects(value)
+        except ValueError as e:
+            first_problem = first_problem or (pos, str(e))
+            continue
+        break
+    else:
+        where, why = first_problem or (start, "no '[' starts a list of objects")
+        raise LayoutParseError(f"no layout in the reply ({why}) near: {_excerpt(text, where)}")
+
+    bg_match, neg_match = _BACKGROUND_RE.search(text), _NEGATIVE_RE.search(text)
+    background: str | None = _clean_prompt(bg_match["value"]) if bg_match else None
+    negative = _clean_prompt(neg_match["value"]) if neg_match else ""
+    if background is None:
+        bg = extras.get("backgroundprompt", extras.get("background"))
+        background = _clean_prompt(bg) if isinstance(bg, str) else None
+    if not neg_match:
+        neg = extras.get("negativeprompt", extras.get("negative"))
+        negative = _clean_prompt(neg) if isinstance(neg, str) else ""
+    if background is not None and _is_empty_prompt(background):
+        background = None
+    if _is_empty_prompt(negative):
+        negative = ""
+    return ParsedReply(objects=[(n.strip(), b) for n, b in objects], background=background, negative=negative,
+                       text=text)
+
+
+def reply_to_layout(text: str, prompt: str = "", meta: dict[str, Any] | None = None) -> Layout:
+    """Parse a reply and validate it into a :class:`Layout` (``meta`` keeps the raw reply and raw objects)."""
+    return parse_layout_reply(text).to_layout(prompt=prompt, meta=meta)
+
+
+def scoring_objects(layout: Layout) -> list[tuple[str, list[float]]]:
+    """The ``(caption, [x, y, w, h])`` pixels a stage-1 evaluation should score: the LLM's raw boxes when the
+    layout came from a reply (before clipping), else the layout's own boxes."""
+    raw = layout.meta.get("objects")
+    if raw is not None:
+        return [(str(n), [float(v) for v in b]) for n, b in raw]
+    return [(n, [float(v) for v in b]) for n, b in layout.to_xywh_objects()]
+
+
+# =============================================================================================================
+# Sources of layouts
+# =============================================================================================================
+@runtime_checkable
+class LayoutSource(Protocol):
+    """Anything that turns a prompt into a layout.  ``sample=k`` asks for the k-th sample of that prompt;
+    ``None`` means "the next one" (the k-th request for a prompt gets the k-th reply)."""
+
+    name: str
+
+    def get_layout(self, prompt: str, sample: int | None = None) -> Layout: ...
+
+
+class MissingReplyError(LookupError):
+    """A reply file has no (or not enough) replies for a prompt."""
+
+
+class _SampleCounter:
+    """Counts requests per key so that the k-th request gets sample k."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def next(self, key: str, sample: int | None) -> int:
+        if sample is None:
+            sample = self._counts[key]
+            self._counts[key] += 1
+        if sample < 0:
+            raise ValueError(f"sample must be >= 0, got {sample}")
+        return sample
+
+    def reset(self) -> None:
+        self._counts.clear()
+
+
+class ReplyFileSource:
+    """Read-only replies in the authors' format ``{prompt: [reply, ...]}`` (e.g. their published GPT-3.5 file)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"reply file {self.path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict) or not all(
+            isinstance(v, list) and all(isinstance(r, str) for r in v) for v in data.values()
+        ):
+            raise ValueError(f"reply file {self.path} must map each prompt to a list of reply strings")
+        self.replies: dict[str, list[str]] = data
+        self.name = f"reply file {self.path.name}"
+        self._counter = _SampleCounter()
+
+    def __repr__(self) -> str:
+        return f"ReplyFileSource({str(self.path)!r}, prompts={len(self.replies)})"
+
+    def reply(self, prompt: str, sample: int | None = None) -> str:
+        """The ``sample``-th stored reply for ``prompt`` (the next one when ``sample`` is None)."""
+        k = self._counter.next(prompt, sample)
+        replies = self.replies.get(prompt)
+        if replies is None:
+            raise MissingReplyError(f"{self.name} has no reply for {prompt!r}")
+        if k >= len(replies):
+            raise MissingReplyError(f"{self.name} has {len(replies)} replies for {prompt!r}; sample {k} asked")
+        return replies[k]
+
+    def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
+        k = self._counter.next(prompt, sample)
+        return reply_to_layout(self.reply(prompt, k), prompt=prompt,
+                               meta={"source": self.name, "sample": k})
+
+    def reset(self) -> None:
+        """Start counting requests from zero again."""
+        self._counter.reset()
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Reply cache
+# -------------------------------------------------------------------------------------------------------------
+class CacheCorruptError(RuntimeError):
+    """The cache file exists but cannot be read; it is left untouched."""
+
+
+class ReplyCache:
+    """Parsed LLM replies on disk, keyed by (template version, model, prompt), a list of replies per key.
+
+    The file is ``{"format": ..., "replies": {version: {model: {prompt: [reply, ...]}}}}``.  Only replies that
+    parsed are stored.  Writes go to a temporary file that then replaces the cache (``os.replace``), and merge
+    with what is on disk, so an interrupted or concurrent run loses nothing.  A corrupt file raises
+    :class:`CacheCorruptError` and is never overwritten.
+    """
+
+    FORMAT = "lmd_utils reply cache 1"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._data = self._read()
+
+    def __repr__(self) -> str:
+        return f"ReplyCache({str(self.path)!r})"
+
+    def _read(self) -> dict[str, dict[str, dict[str, list[str]]]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            ok = isinstance(data, dict) and data.get("format") == self.FORMAT and isinstance(data.get("replies"), dict)
+            replies = data["replies"] if ok else None
+            ok = ok and all(
+                isinstance(models, dict) and all(
+                    isinstance(prompts, dict) and all(
+                        isinstance(v, list) and all(isinstance(r, str) for r in v) for v in prompts.values()
+                    ) for prompts in models.values()
+                ) for models in replies.values()
+            )
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CacheCorruptError(f"cannot read the reply cache {self.path} ({e}); it was left untouched — "
+                                    f"move it away or fix it") from e
+        if not ok:
+            raise CacheCorruptError(f"{self.path} is not a reply cache of format {self.FORMAT!r}; "
+                                    f"it was left untouched — move it away or choose another cache path")
+        return replies
+
+    def get(self, version: str, model: str, key: str) -> list[str]:
+        """The stored replies for a key (a copy; empty if none)."""
+        return list(self._data.get(version, {}).get(model, {}).get(key, []))
+
+    def append(self, version: str, model: str, key: str, reply: str) -> None:
+        """Store one more reply for a key and write the file atomically."""
+        self._data = self._read() or self._data  # merge with what another run may have written meanwhile
+        self._data.setdefault(version, {}).setdefault(model, {}).setdefault(key, []).append(reply)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"format": self.FORMAT, "replies": self._data}, indent=1, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(payload + "\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def default_cache_path() -> Path:
+    """``$LMD_LLM_CACHE``, else ``~/.cache/lmd_utils/llm_replies.json``."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env) if env else Path.home() / ".cache" / "lmd_utils" / "llm_replies.json"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# LLM client
+# -------------------------------------------------------------------------------------------------------------
+class LLMNotConfigured(RuntimeError):
+    """No LLM is configured (model name and an endpoint or key are needed)."""
+
+
+class LLMRequestError(RuntimeError):
+    """The LLM endpoint could not be reached or answered with an error (after the client's retries)."""
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without a ``user:password@`` part, safe to show and store."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where and how to ask an LLM.  The key is excluded from ``repr`` and never serialised."""
+
+    model: str
+    base_url: str | None = None
+    api_key: str = field(default=LOCAL_SERVER_KEY, repr=False)
+    temperature: float = DEFAULT_TEMPERATURE
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    parse_attempts: int = DEFAULT_PARSE_ATTEMPTS
+
+    def __post_init__(self) -> None:
+        if self.parse_attempts < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ValueError("need parse_attempts >= 1, max_retries >= 0 and timeout_s > 0")
+
+    def __repr__(self) -> str:
+        return (f"LLMConfig(model={self.model!r}, base_url={redact_url(self.base_url)!r}, "
+                f"temperature={self.temperature}, timeout_s={self.timeout_s}, max_retries={self.max_retries}, "
+                f"parse_attempts={self.parse_attempts})")
+
+    @classmethod
+    def from_env(
+        cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None, **options: Any
+    ) -> "LLMConfig":
+        """Arguments first, then ``LMD_LLM_MODEL``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``.
+
+        An LLM counts as configured when a model name is known and either a key (OpenAI) or a base URL (a local
+        OpenAI-compatible server, which gets a placeholder key) is known; otherwise :class:`LLMNotConfigured`.
+        """
+        model = model or os.environ.get(ENV_MODEL) or None
+        base_url = base_url or os.environ.get(ENV_BASE_URL) or None
+        api_key = api_key or os.environ.get(ENV_API_KEY) or None
+        missing = []
+        if not model:
+            missing.append(f"a model name ({ENV_MODEL} or --model)")
+        if not (api_key or base_url):
+            missing.append(f"an endpoint ({ENV_BASE_URL}) or a key ({ENV_API_KEY})")
+        if missing:
+            raise LLMNotConfigured("no LLM configured: set " + " and ".join(missing))
+        return cls(model=model, base_url=base_url, api_key=api_key or LOCAL_SERVER_KEY, **options)
+
+
+def llm_configured() -> bool:
+    """Whether the environment configures an LLM (see :meth:`LLMConfig.from_env`)."""
+    try:
+        LLMConfig.from_env()
+    except LLMNotConfigured:
+        return False
+    return True
+
+
+class LLMLayoutSource:
+    """Layouts from an OpenAI-compatible chat-completions endpoint (paper §3.1), with a reply cache.
+
+    ``get_layout(prompt, sample=k)`` returns the k-th cached reply for (template version, model, prompt) and
+    asks the LLM only for samples not cached yet.  A reply that does not parse is answered with a reprompt that
+    quotes the problem, up to ``config.parse_attempts`` replies in all; then :class:`LayoutParseError`.
+    Network errors and timeouts are retried by the ``openai`` client (``max_retries``), then raise
+    :class:`LLMRequestError`.
+    """
+
+    def __init__(
+        self,
+        config: LLMConfig | None = None,
+        cache: ReplyCache | str | Path | None = None,
+        template: LayoutTemplate | None = None,
+    ) -> None:
+        import openai
+
+        self.config = config or LLMConfig.from_env()
+        self.cache = ReplyCache(cache) if isinstance(cache, (str, Path)) else cache
+        self.template = template or load_template()
+        self.name = f"llm {self.config.model}"
+        self._client = openai.OpenAI(
+            api_key=self.config.api_key,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=self.config.max_retries,
+        )
+        self._counter = _SampleCounter()
+
+    def __repr__(self) -> str:
+        return f"LLMLayoutSource({self.config!r}, cache={self.cache!r}, template={self.template.version!r})"
+
+    # -- public ---------------------------------------------------------------------------------------------
+    def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
+        """The layout for ``prompt`` (one user turn after the template)."""
+        return self.continue_dialog([caption_turn(prompt)], sample=sample, prompt=prompt)
+
+    def continue_dialog(
+        self, history: Sequence[dict[str, str]], sample: int | None = None, prompt: str = ""
+    ) -> Layout:
+        """The layout the LLM answers to a dialog ``history`` (user/assistant turns, ending with a user turn)."""
+        if not history or history[-1].get("role") != "user":
+            raise ValueError("a dialog history must end with a user turn")
+        key = self._cache_key(history)
+        k = self._counter.next(key, sample)
+        cached = self.cache.get(self.template.version, self.config.model, key) if self.cache is not None else []
+        meta: dict[str, Any] = {"cached": k < len(cached)}
+        while len(cached) <= k:  # ask for the samples we do not have yet
+            reply, meta = self._fresh_reply(history)
+            cached.append(reply)
+            if self.cache is not None:
+                self.cache.append(self.template.version, self.config.model, key, reply)
+        meta.update(source=self.name, model=self.config.model, base_url=redact_url(self.config.base_url),
+                    template_version=self.template.version, sample=k)
+        return reply_to_layout(cached[k], prompt=prompt or _first_caption(history), meta=meta)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _cache_key(history: Sequence[dict[str, str]]) -> str:
+        """The prompt itself for a one-turn request; the JSON list of user turns for a dialog."""
+        users = [m["content"] for m in history if m.get("role") == "user"]
+        if len(users) == 1 and users[0].startswith(CAPTION_PREFIX):
+            return users[0][len(CAPTION_PREFIX):]
+        return json.dumps(users, ensure_ascii=False)
+
+    def _fresh_reply(self, history: Sequence[dict[str, str]]) -> tuple[str, dict[str, Any]]:
+        """Ask until a reply parses (bounded); returns it with request facts (attempts, token usage)."""
+        messages = self.template.messages(history=history)
+        problem = ""
+        for attempt in range(1, self.config.parse_attempts + 1):
+            text, usage = self._chat(messages)
+            try:
+                parse_layout_reply(text)
+            except LayoutParseError as e:
+                problem = str(e)
+                messages = messages + [
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": REPROMPT.format(error=problem[:200])},
+                ]
+                continue
+            return text, {"cached": False, "attempts": attempt, "usage": usage}
+        raise LayoutParseError(
+            f"{self.name}: none of {self.config.parse_attempts} replies could be parsed; last problem: {problem}"
+        )
+
+    def _chat(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
+        import openai
+
+        try:
+            response = self._client.chat.completions.create(
+                model=self.config.model, messages=messages, temperature=self.config.temperature
+            )
+        except openai.APIError as e:
+            raise LLMRequestError(
+                f"{self.name} at {redact_url(self.config.base_url) or 'api.openai.com'}: {type(e).__name__}: {e}"
+            ) from e
+        choices = getattr(response, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise LLMRequestError(f"{self.name}: the response has no choices")
+        usage = response.usage.model_dump() if getattr(response, "usage", None) is not None else {}
+        return choices[0].message.content or "", usage
+
+
+def _first_caption(history: Sequence[dict[str, str]]) -> str:
+    for m in history:
+        if m.get("role") == "user" and m["content"].startswith(CAPTION_PREFIX):
+            return m["content"][len(CAPTION_PREFIX):]
+    return ""
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Multi-round dialog
+# -------------------------------------------------------------------------------------------------------------
+class LayoutSession:
+    """Instruction-based scene specification (paper §3): a dialog that edits one layout over rounds.
+
+    The first :meth:`ask` is a caption; later ones are follow-up instructions ("make the dog bigger and put a cat
+    on its left") sent with the whole history, so the LLM rewrites its previous layout.  The first round works
+    with any :class:`LayoutSource`; later rounds need a source with ``continue_dialog`` (an LLM).
+    ``seed`` is kept so that stage 2 can regenerate every round with the same initial noise.
+    """
+
+    def __init__(self, source: LayoutSource, seed: int = 0) -> None:
+        self.source = source
+        self.seed = seed
+        self.history: list[dict[str, str]] = []
+        self.layouts: list[Layout] = []
+
+    @property
+    def layout(self) -> Layout | None:
+        """The current layout (``None`` before the first round)."""
+        return self.layouts[-1] if self.layouts else None
+
+    def ask(self, text: str) -> Layout:
+        """One round: a caption first, then follow-up instructions; returns the new current layout."""
+        if not self.history:
+            turn = caption_turn(text)
+            if hasattr(self.source, "continue_dialog"):
+                layout = self.source.continue_dialog([turn], prompt=text.strip())
+            else:
+                layout = self.source.get_layout(text.strip())
+        else:
+            if not hasattr(self.source, "continue_dialog"):
+                raise TypeError(f"{self.source.name} cannot follow instructions; use an LLM source for dialogs")
+            turn = follow_up_turn(text)
+            layout = self.source.continue_dialog(self.history + [turn], prompt=self.layouts[0].prompt)
+        reply = layout.meta.get("reply") or layout_to_reply(layout)
+        self.history += [turn, {"role": "assistant", "content": reply}]
+        layout.meta["round"] = len(self.layouts)
+        self.layouts.append(layout)
+        return layout
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Choosing a source
+# -------------------------------------------------------------------------------------------------------------
+def resolve_source(
+    source: "LayoutSource | str | Path | None" = None,
+    model: str | None = None,
+    base_url: str | None = None,
+    cache: ReplyCache | str | Path | bool | None = None,
+) -> tuple[LayoutSource, str]:
+    """A layout source from a name and a sentence saying which one and why (for the CLI's stderr).
+
+    ``"planner"``: the offline planner; ``"llm"``: the configured LLM (raises :class:`LLMNotConfigured`);
+    a path: a reply file; ``None``: the LLM if configured, else the planner.  ``cache`` (LLM sources only):
+    ``None`` → :func:`default_cache_path`, ``False`` → no cache, else a path or a :class:`ReplyCache`.
+    """
+    from .planner import OfflinePlanner
+
+    if cache is None or cache is True:
+        cache = default_cache_path()
+    elif cache is False:
+        cache = None
+    if source is not None and not isinstance(source, (str, Path)):
+        return source, f"layout source: {source.name}"
+    if source is None:
+        try:
+            config = LLMConfig.from_env(model=model, base_url=base_url)
+        except LLMNotConfigured as e:
+            return OfflinePlanner(), f"layout source: offline planner ({e})"
+        llm = LLMLayoutSource(config, cache=cache)
+        return llm, f"layout source: {llm.name} (configured from the environment)"
+    if str(source) == "planner":
+        return OfflinePlanner(), "layout source: offline planner"
+    if str(source) == "llm":
+        config = LLMConfig.from_env(model=model, base_url=base_url)
+        llm = LLMLayoutSource(config, cache=cache)
+        return llm, f"layout source: {llm.name}"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"layout source {str(source)!r} is neither 'planner', 'llm' nor a reply file")
+    replies = ReplyFileSource(path)
+    return replies, f"layout source: {replies.name}"
+
+
+__all__ = [
+    "TEMPLATE_VERSION", "LayoutTemplate", "load_template", "show_template", "caption_turn", "follow_up_turn",
+    "format_layout_reply", "layout_to_reply", "LayoutParseError", "ParsedReply", "parse_layout_reply",
+    "reply_to_layout", "scoring_objects", "LayoutSource", "MissingReplyError", "ReplyFileSource",
+    "CacheCorruptError", "ReplyCache", "default_cache_path", "LLMNotConfigured", "LLMRequestError", "LLMConfig",
+    "llm_configured", "LLMLayoutSource", "LayoutSession", "resolve_source",
+]
