@@ -1,0 +1,467 @@
+"""The one denoising loop (classifier-free guidance + hooks) and LMD's box guidance hook (paper §3.2).
+
+:func:`denoise` runs any diffusers scheduler over a batch of independent images.  Everything LMD adds to plain
+sampling is a *hook* called around each step:
+
+* ``before_step(state) -> latents | None``: e.g. :class:`BoxGuidance`, the energy-gradient update
+  ``z ← z − η·√(1−ᾱ_t)·∇_z E`` applied before the UNet's noise prediction;
+* ``after_step(state) -> latents | None``: e.g. the composed pass's latent replacement (per-box latents
+  pasted into the mask for the first steps), written in :mod:`lmd_utils.per_box`.
+
+Return ``None`` to leave the latents alone.  ``state`` is a :class:`StepState`.  The same loop serves vanilla
+SD, the per-box pass (all boxes in one batch: latents ``(n, C, h, w)``, one prompt embedding per box) and the
+composed pass, so their differences are only hooks and inputs.
+
+Attention for the masks and for attention transfer is saved during the *real* denoising forward by passing
+an :class:`~lmd_utils.attention.AttentionStore` (its ``steps`` says which steps; its ``keep="cond"`` keeps
+the conditional half of the CFG batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .attention import (GUIDANCE_LAYERS, AttentionStore, capture_cross_attention, phrase_token_indices,
+                        reduce_over_heads, run_unet_until_captured)
+from .energy import attention_transfer_energy, box_energy
+from .layout import Box
+from .models import model_device, model_dtype, scheduler_copy
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class StepState:
+    """What a hook sees at step ``step`` (0-based) of ``num_steps``.
+
+    ``latents`` are x_t before the step in ``before_step`` and x_{t-1} after it in ``after_step`` (where
+    ``noise_pred``, the CFG-combined model output, is set too).  ``latents_history`` holds the CPU copies kept
+    so far when ``keep_latents=True``.  ``extras`` is one dict shared by every step of the run (returned as
+    :attr:`DenoiseResult.extras`), free for hooks to talk to each other.
+    """
+
+    step: int
+    num_steps: int
+    timestep: torch.Tensor
+    latents: torch.Tensor
+    scheduler: Any
+    pipe: Any
+    cond_embeds: torch.Tensor
+    uncond_embeds: torch.Tensor | None
+    guidance_scale: float
+    noise_pred: torch.Tensor | None = None
+    latents_history: list[torch.Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Hook(Protocol):
+    """Anything with optional ``before_step(state)`` / ``after_step(state)`` methods returning latents or None."""
+
+
+@dataclass
+class DenoiseResult:
+    latents: torch.Tensor  # final x_0 latents (B, C, h, w)
+    timesteps: torch.Tensor
+    latents_history: torch.Tensor | None = None  # (T+1, B, C, h, w) on the CPU: x_T, then after each step
+    attention_store: AttentionStore | None = None
+    hooks: tuple = ()
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _batch_embeds(embeds: torch.Tensor, batch: int, name: str, device, dtype) -> torch.Tensor:
+    if embeds.ndim != 3:
+        raise ValueError(f"{name} must be (B, L, D), got {tuple(embeds.shape)}")
+    if embeds.shape[0] == 1 and batch > 1:
+        embeds = embeds.expand(batch, -1, -1)
+    if embeds.shape[0] != batch:
+        raise ValueError(f"{name} has batch {embeds.shape[0]} but the latents have {batch}")
+    return embeds.to(device=device, dtype=dtype)
+
+
+def _extra_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
+    """``eta``/``generator`` for schedulers whose ``step`` takes them (as diffusers' pipelines do)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None,
+            num_inference_steps: int = 50, guidance_scale: float = 7.5, scheduler=None, hooks: Sequence = (),
+            attention_store: AttentionStore | None = None, progress: bool = True,
+            generator: torch.Generator | None = None, keep_latents: bool = False, eta: float = 0.0,
+            guidance_rescale: float = 0.0) -> DenoiseResult:
+    """Sample from x_T = ``latents`` with classifier-free guidance, calling ``hooks`` around each step.
+
+    ``latents`` is unit-variance noise ``(B, C, h, w)`` (see :func:`~lmd_utils.models.initial_noise`); it is
+    multiplied by the scheduler's ``init_noise_sigma`` as in diffusers.  ``cond_embeds``/``uncond_embeds``
+    are ``(B or 1, L, D)`` (one unconditional embedding may serve the whole batch, as in the authors' per-box
+    pass).  CFG runs when ``guidance_scale > 1``: ``ε = ε_u + s·(ε_c − ε_u)``, batch ``[uncond; cond]``.
+
+    ``scheduler``: any diffusers scheduler; a fresh copy is made (``from_config``), so the caller's instance
+    and ``pipe.scheduler`` are never stepped.  Default: DDIM with the pipe's scheduler config (the authors'
+    sampler).  ``attention_store`` records the chosen layers during the real forward on ``store.steps``.
+    ``keep_latents`` keeps every x_t on the CPU (the per-box pass needs them for composition).
+    Same inputs (and ``generator`` for stochastic schedulers) give identical tensors.
+    """
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be (B, C, h, w), got {tuple(latents.shape)}")
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    unet = pipe.unet
+    device, dtype = model_device(pipe), model_dtype(pipe)
+    batch = latents.shape[0]
+    do_cfg = guidance_scale > 1.0
+    cond = _batch_embeds(cond_embeds, batch, "cond_embeds", device, dtype)
+    uncond = None
+    if do_cfg:
+        if uncond_embeds is None:
+            raise ValueError("guidance_scale > 1 needs uncond_embeds (the embedding of the negative/empty prompt)")
+        uncond = _batch_embeds(uncond_embeds, batch, "uncond_embeds", device, dtype)
+    embeds = torch.cat([uncond, cond]) if do_cfg else cond
+
+    sched = scheduler_copy(pipe, scheduler)
+    sched.set_timesteps(num_inference_steps, device=device)
+    step_kwargs = _extra_step_kwargs(sched, generator, eta)
+    latents = latents.to(device=device, dtype=dtype) * sched.init_noise_sigma
+    history = [latents.detach().cpu()] if keep_latents else None
+    extras: dict[str, Any] = {}  # shared by all steps' states: hooks may leave notes for later steps
+    if attention_store is not None:
+        if attention_store.stop_after_last_layer:
+            raise ValueError("the denoising forward must run to the end: use a store without stop_after_last_layer")
+        attention_store.cfg_batch = do_cfg
+
+    timesteps = sched.timesteps
+    for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+        state = StepState(step=i, num_steps=len(timesteps), timestep=t, latents=latents, scheduler=sched, pipe=pipe,
+                          cond_embeds=cond, uncond_embeds=uncond, guidance_scale=guidance_scale,
+                          latents_history=history, extras=extras)
+        for hook in hooks:
+            if hasattr(hook, "before_step"):
+                new = hook.before_step(state)
+                if new is not None:
+                    state.latents = new.detach()
+        latents = state.latents
+
+        model_in = torch.cat([latents] * 2) if do_cfg else latents
+        model_in = sched.scale_model_input(model_in, t)
+        capture = (capture_cross_attention(unet, store=attention_store)
+                   if attention_store is not None and attention_store.wants_step(i) else contextlib.nullcontext())
+        with torch.no_grad(), capture:
+            if attention_store is not None:
+                attention_store.set_step(i)
+            noise = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if do_cfg:
+            noise_uncond, noise_cond = noise.chunk(2)
+            noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+            if guidance_rescale > 0:
+                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+                noise = rescale_noise_cfg(noise, noise_cond, guidance_rescale=guidance_rescale)
+        latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+
+        state.latents, state.noise_pred = latents, noise
+        for hook in hooks:
+            if hasattr(hook, "after_step"):
+                new = hook.after_step(state)
+                if new is not None:
+                    state.latents = new.detach()
+        latents = state.latents
+        if history is not None:
+            history.append(latents.detach().cpu())
+
+    return DenoiseResult(latents=latents, timesteps=timesteps.detach().cpu(),
+                         latents_history=torch.stack(history) if history is not None else None,
+                         attention_store=attention_store, hooks=tuple(hooks), extras=extras)
+
+
+# -- box guidance ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Settings of :class:`BoxGuidance`; defaults reproduce the authors' LMD code on SD 1.5.
+
+    The authors' code (``generation/lmd.py``, ``models/pipelines.py::latent_backward_guidance``,
+    ``utils/guidance.py``) SUMS the energy over attention heads and uses ``loss_scale = 5``,
+    ``loss_threshold = 5.0``, ``ref_ca_loss_weight = 2`` (transfer term averaged over heads).  Summing makes
+    the scale depend on the head count (8 in SD 1.5's guidance layers, 20 in SD 2.x's), so by default we
+    AVERAGE over heads and express the authors' numbers per head of SD 1.5, which gives the very same updates
+    and stopping decisions on SD 1.5 (for the same tokens: the authors also guide the article tokens, see
+    :func:`~lmd_utils.attention.phrase_token_indices`) and keeps the balance on other models:
+    ``loss_scale = 5·8``, ``loss_threshold = 5/8``, ``transfer_weight = 2/8``.
+    :meth:`authors` gives the literal values with ``head_reduction="sum"``.  Other models (the pixel-space toy
+    world, v-prediction) need their own calibration of ``loss_scale``.
+
+    Fields (provenance):
+      loss_scale: η, the energy is multiplied by it before the gradient (authors: ``loss_scale=5``).
+      loss_threshold: a batch element is updated only while its energy is above this (authors:
+        ``loss_threshold=5.0`` on the un-scaled, head-summed loss).  We re-evaluate it on the current latents
+        at every iteration and every step; the authors test the loss of the *previous* forward (before the
+        last update) and carry it across steps, so once it drops below the threshold guidance never runs
+        again in that image.
+      iterations: gradient steps per denoising step (authors' ``max_iter = [4]*5 + [3]*5 + [2]*5 + [2]*5 +
+        [1]*10``); past the end of the list its last value is used (as the authors do).
+      guidance_steps: guidance on denoising steps ``0 .. guidance_steps-1`` (authors: ``max_index_step=30`` of 50).
+      top_fraction, inside_weight, outside_weight: the energy's top-k fraction and weights (authors:
+        ``fg_top_p = bg_top_p = 0.2``, ``fg_weight = 1``, ``bg_weight = 4``).
+      transfer_weight: λ of the attention-transfer term (authors 2, head-averaged; see above).
+      head_reduction: ``"mean"`` or ``"sum"`` over heads for the box energy.
+      layers: the guidance layers (authors' ``DEFAULT_GUIDANCE_ATTN_KEYS``).
+      truncate_forward: stop the guidance forward after the last guidance layer (not in the authors' code:
+        same maps, less compute; the energy needs nothing after ``up_blocks.1``).
+    """
+
+    loss_scale: float = 5.0 * 8
+    loss_threshold: float = 5.0 / 8
+    iterations: tuple[int, ...] = (4,) * 5 + (3,) * 5 + (2,) * 10 + (1,) * 10
+    guidance_steps: int = 30
+    top_fraction: float = 0.2
+    inside_weight: float = 1.0
+    outside_weight: float = 4.0
+    transfer_weight: float = 2.0 / 8
+    head_reduction: str = "mean"
+    layers: tuple[str, ...] = GUIDANCE_LAYERS
+    truncate_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head_reduction not in ("mean", "sum"):
+            raise ValueError(f"head_reduction must be 'mean' or 'sum', got {self.head_reduction!r}")
+        if not self.iterations or min(self.iterations) < 0:
+            raise ValueError(f"iterations must be a non-empty list of counts >= 0, got {self.iterations}")
+
+    @classmethod
+    def authors(cls, **overrides) -> "GuidanceConfig":
+        """The literal values of the authors' code (head-summed energy; scale depends on the head count)."""
+        return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum"), **overrides)
+
+    def iterations_at(self, step: int) -> int:
+        if step >= self.guidance_steps:
+            return 0
+        return self.iterations[min(step, len(self.iterations) - 1)]
+
+    def scaled_to(self, num_inference_steps: int, reference_steps: int = 50) -> "GuidanceConfig":
+        """The same schedule stretched to ``num_inference_steps`` (guided fraction and iteration profile kept)."""
+        ratio = reference_steps / num_inference_steps
+        steps = max(1, round(self.guidance_steps / ratio)) if self.guidance_steps else 0
+        iters = tuple(self.iterations[min(int(i * ratio), len(self.iterations) - 1)] for i in range(max(steps, 1)))
+        return replace(self, guidance_steps=steps, iterations=iters)
+
+
+@dataclass(frozen=True)
+class ObjectTarget:
+    """One phrase: its box(es) (union mask, as the authors do for "two cats") and its tokens in the prompt."""
+
+    boxes: tuple[Box, ...]
+    token_indices: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.boxes or not self.token_indices:
+            raise ValueError("an ObjectTarget needs at least one box and one token index")
+
+    @classmethod
+    def for_phrase(cls, tokenizer, prompt: str, phrase: str, boxes: Box | Sequence[Box], start: int = 0,
+                   **kwargs) -> "ObjectTarget":
+        """Tokens from :func:`~lmd_utils.attention.phrase_token_indices` (whole words, last occurrence)."""
+        boxes = (boxes,) if isinstance(boxes, Box) else tuple(boxes)
+        return cls(boxes, tuple(phrase_token_indices(tokenizer, prompt, phrase, start=start, **kwargs)))
+
+
+@dataclass(frozen=True)
+class TransferTarget:
+    """One box of the composed pass pulled towards its per-box attention (LMD's attention transfer).
+
+    ``reference[(layer, step)]`` is the per-box map ``(heads, H, W)`` of the box's word token for each guidance
+    layer (full module name) and step, already moved to the box's place in the composed image
+    (:meth:`~lmd_utils.attention.AttentionStore.per_element_maps` gives this format).  ``object_index`` names
+    the :class:`ObjectTarget` it belongs to, so boxes of one phrase share that phrase's weight as in the
+    authors' code.
+    """
+
+    box: Box
+    token_index: int
+    reference: Mapping[tuple[str, int], torch.Tensor]
+    object_index: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageTargets:
+    """What one batch element is guided towards: phrase boxes, and optionally attention-transfer references."""
+
+    objects: tuple[ObjectTarget, ...] = ()
+    transfers: tuple[TransferTarget, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.objects or self.transfers)
+
+
+@dataclass
+class GuidanceLogEntry:
+    step: int
+    iteration: int
+    elements: list[int]  # batch elements evaluated in this iteration
+    energies: list[float]  # their energies before this iteration's update
+    updated: list[bool]  # whether each was above the threshold (and so updated)
+    step_size: float  # loss_scale · √(1 − ᾱ_t) (or σ_t² for σ-space schedulers)
+
+
+def guidance_step_scale(scheduler, timestep: torch.Tensor, step: int) -> float:
+    """The factor multiplying the energy gradient at this step, as in the authors' ``latent_backward_guidance``.
+
+    ``√(1 − ᾱ_t)`` for schedulers working on ᾱ-scaled latents (DDIM, PNDM, DPM-Solver: classifier guidance
+    à la Dhariwal & Nichol); ``σ_t²`` for σ-parameterised ones whose latents have ``init_noise_sigma > 1``
+    (Euler, LMS, Heun; the authors' ``scheduler.sigmas[index] ** 2``).  Works for ε- and v-prediction alike
+    since it depends only on the noise level.
+    """
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and float(scheduler.init_noise_sigma) > 1.0:
+        return float(sigmas[min(step, len(sigmas) - 1)]) ** 2
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is not None:
+        t = int(timestep.item()) if torch.is_tensor(timestep) else int(timestep)
+        return math.sqrt(1.0 - float(alphas[t]))
+    return 1.0
+
+
+class BoxGuidance:
+    """``before_step`` hook: move the latents down the gradient of the box energy (paper §3.2).
+
+    For each guided step (``config.guidance_steps``, ``config.iterations``) and each iteration: one UNet
+    forward on the CONDITIONAL embeddings only, capturing the guidance layers with gradients (truncated after
+    the last of them); per batch element the energy
+
+        E = mean_{layers, objects} mean_{tokens of the object} head-reduce[ box_energy(A, b) ]
+          + λ · mean_{layers, objects} mean_{boxes of the object} mean_heads[ transfer(A_word, A_ref, b) ]
+
+    (the authors' averaging); elements above ``loss_threshold`` are updated
+    ``z ← z − loss_scale · scale_t · ∇_z E`` (:func:`guidance_step_scale`), the others stop for this step.
+    Batch elements are independent (each has its own :class:`ImageTargets`), so one batched forward serves
+    every box of the per-box pass.  ``log`` keeps one :class:`GuidanceLogEntry` per iteration.
+    """
+
+    def __init__(self, targets: Sequence[ImageTargets], config: GuidanceConfig | None = None):
+        self.targets = [t if isinstance(t, ImageTargets) else ImageTargets(*t) for t in targets]
+        self.config = config or GuidanceConfig()
+        self.log: list[GuidanceLogEntry] = []
+        self._mask_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # flattened (element, object, token) and (element, transfer) entries, with the authors' weights
+        self._obj_entries: list[tuple[int, int, int, float]] = []  # element, object row, token, weight
+        self._tr_entries: list[tuple[int, int, int, float]] = []  # element, transfer row, token, weight
+        self._obj_boxes: list[tuple[Box, ...]] = []
+        self._transfers: list[TransferTarget] = []
+        for e, tgt in enumerate(self.targets):
+            for obj in tgt.objects:
+                row = len(self._obj_boxes)
+                self._obj_boxes.append(obj.boxes)
+                for tok in obj.token_indices:
+                    self._obj_entries.append((e, row, tok, 1.0 / (len(tgt.objects) * len(obj.token_indices))))
+            groups = [tr.object_index if tr.object_index is not None else ("own", k)
+                      for k, tr in enumerate(tgt.transfers)]
+            for k, tr in enumerate(tgt.transfers):
+                row = len(self._transfers)
+                self._transfers.append(tr)
+                weight = self.config.transfer_weight / (len(set(groups)) * groups.count(groups[k]))
+                self._tr_entries.append((e, row, tr.token_index, weight))
+
+    # -- the energy -----------------------------------------------------------------------------------
+    def _masks(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (h, w)
+        if key not in self._mask_cache:
+            obj = [torch.stack([b.mask(h, w) for b in boxes]).amax(0) for boxes in self._obj_boxes]
+            tr = [t.box.mask(h, w) for t in self._transfers]
+            self._mask_cache[key] = (torch.stack(obj) if obj else torch.zeros(0, h, w),
+                                     torch.stack(tr) if tr else torch.zeros(0, h, w))
+        o, t = self._mask_cache[key]
+        return o.to(device), t.to(device)
+
+    def energy_from_store(self, store: AttentionStore, elements: Sequence[int], step: int) -> torch.Tensor:
+        """Energies ``(len(elements),)`` from maps captured for the batch ``elements`` (in that order)."""
+        cfg = self.config
+        layers = store.recorded_layers
+        if not layers:
+            raise RuntimeError("no guidance maps were captured")
+        local = {e: i for i, e in enumerate(elements)}
+        first = store.get(layers[0], step)
+        energies = torch.zeros(len(elements), device=first.device, dtype=torch.float32)
+        obj = [(local[e], r, tok, w) for e, r, tok, w in self._obj_entries if e in local]
+        tr = [(local[e], r, tok, w) for e, r, tok, w in self._tr_entries if e in local]
+        for layer in layers:
+            maps = store.get(layer, step).float().permute(0, 4, 1, 2, 3)  # (B, T, heads, H, W)
+            h, w = maps.shape[-2:]
+            obj_masks, tr_masks = self._masks(h, w, maps.device)
+            if obj:
+                rows, objs, toks, wts = (torch.tensor(c, device=maps.device) for c in zip(*obj))
+                e_q = box_energy(maps[rows, toks], obj_masks[objs][:, None], cfg.top_fraction,
+                                 cfg.inside_weight, cfg.outside_weight)  # (Q, heads)
+                e_q = reduce_over_heads(e_q, cfg.head_reduction, dim=1)
+                energies = energies.index_add(0, rows, e_q * wts.float() / len(layers))
+            if tr:
+                rows, trs, toks, wts = (torch.tensor(c, device=maps.device) for c in zip(*tr))
+                refs = []
+                for r in trs.tolist():
+                    ref = self._transfers[r].reference.get((layer, step))
+                    if ref is None:
+                        raise KeyError(f"attention-transfer reference misses layer {layer!r} at step {step}")
+                    if tuple(ref.shape) != tuple(maps.shape[2:]):
+                        raise ValueError(f"reference map {tuple(ref.shape)} does not match {tuple(maps.shape[2:])} "
+                                         f"(heads, H, W) of layer {layer!r}")
+                    refs.append(ref.to(device=maps.device, dtype=torch.float32))
+                t_r = attention_transfer_energy(maps[rows, toks], torch.stack(refs), tr_masks[trs][:, None])
+                energies = energies.index_add(0, rows, t_r.mean(dim=1) * wts.float() / len(layers))
+        return energies
+
+    def compute_energy(self, pipe, latents: torch.Tensor, timestep, step: int, cond_embeds: torch.Tensor,
+                       scheduler, elements: Sequence[int] | None = None) -> torch.Tensor:
+        """E for ``latents`` (the batch ``elements`` of the targets), differentiable in ``latents``."""
+        elements = list(range(len(self.targets))) if elements is None else list(elements)
+        if latents.shape[0] != len(elements) or cond_embeds.shape[0] != len(elements):
+            raise ValueError(f"latents {tuple(latents.shape)} / embeds {tuple(cond_embeds.shape)} do not match "
+                             f"{len(elements)} guided elements")
+        store = AttentionStore(layers=self.config.layers, keep="all", keep_grad=True,
+                               stop_after_last_layer=self.config.truncate_forward)
+        store.cfg_batch = False
+        store.set_step(step)
+        with torch.enable_grad(), capture_cross_attention(pipe.unet, store=store):
+            model_in = scheduler.scale_model_input(latents, timestep)
+            run_unet_until_captured(pipe.unet, model_in, timestep, cond_embeds, store)
+            return self.energy_from_store(store, elements, step)
+
+    # -- the hook ------------------------------------------------------------------------------------------
+    def before_step(self, state: StepState) -> torch.Tensor | None:
+        cfg = self.config
+        n_iter = cfg.iterations_at(state.step)
+        if len(self.targets) != state.latents.shape[0]:
+            raise ValueError(f"{len(self.targets)} targets for a batch of {state.latents.shape[0]}")
+        active = [e for e, t in enumerate(self.targets) if t]
+        if n_iter == 0 or not active:
+            return None
+        scale = guidance_step_scale(state.scheduler, state.timestep, state.step)
+        latents = state.latents.detach().clone()
+        for it in range(n_iter):
+            idx = torch.tensor(active, device=latents.device)
+            z = latents[idx].detach().requires_grad_(True)
+            energy = self.compute_energy(state.pipe, z, state.timestep, state.step, state.cond_embeds[idx],
+                                         state.scheduler, active)
+            above = energy.detach() > cfg.loss_threshold
+            self.log.append(GuidanceLogEntry(state.step, it, list(active), energy.detach().cpu().tolist(),
+                                             above.cpu().tolist(), cfg.loss_scale * scale))
+            if not bool(above.any()):
+                break
+            grad = torch.autograd.grad(energy[above].sum(), z)[0]
+            latents[idx] = latents[idx] - (cfg.loss_scale * scale) * grad.to(latents.dtype)
+            active = [e for e, a in zip(active, above.tolist()) if a]
+        return latents
+
+    def energies_by_element(self, element: int) -> list[tuple[int, int, float]]:
+        """``(step, iteration, energy)`` of one batch element, for plots of the guidance's progress."""
+        out = []
+        for entry in self.log:
+            if element in entry.elements:
+                out.append((entry.step, entry.iteration, entry.energies[entry.elements.index(element)]))
+        return out
