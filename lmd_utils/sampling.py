@@ -433,6 +433,7 @@ class BoxGuidance:
             return self.energy_from_store(store, elements, step)
 
     # -- the hook ------------------------------------------------------------------------------------------
+    @torch.enable_grad()  # callers (e.g. pipeline.generate) may run the loop under no_grad
     def before_step(self, state: StepState) -> torch.Tensor | None:
         cfg = self.config
         n_iter = cfg.iterations_at(state.step)

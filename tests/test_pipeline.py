@@ -1,0 +1,96 @@
+"""End to end on the random-weight tiny SD: the wiring of LMD stage 2 (behaviour, not image quality)."""
+import pytest
+import torch
+
+from lmd_utils.layout import Box, Layout
+from lmd_utils.models import build_tiny_pipeline
+from lmd_utils.pipeline import LMDConfig, default_layers, generate, generate_sd, overall_phrases, overall_prompt
+from lmd_utils.attention import GUIDANCE_LAYERS, MASK_LAYERS
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return Layout([Box("a red cat", 0.05, 0.1, 0.45, 0.6), Box("a dog", 0.55, 0.3, 0.95, 0.9),
+                   Box("a dog", 0.3, 0.6, 0.6, 0.95)], "a park", "birds", "a red cat and two dogs in a park")
+
+
+@pytest.fixture(scope="module")
+def config(pipe):
+    return LMDConfig.for_pipe(pipe, per_box_negative_prompt="", overall_negative_prompt="").with_steps(6)
+
+
+@pytest.fixture(scope="module")
+def result(pipe, layout, config):
+    return generate(pipe, layout, seed=1, config=config, progress=False)
+
+
+def test_overall_prompt_groups_instances_like_the_authors(layout):
+    assert overall_phrases(layout) == [("a red cat", [0]), ("two dogs", [1, 2])]
+    assert overall_prompt(layout) == "a park with a red cat, two dogs"
+    assert overall_prompt(Layout([Box("a box", 0, 0, .5, .5)] * 3, "")) == "three boxes"
+    assert overall_prompt(Layout([], "a quiet park.")) == "a quiet park"
+
+
+def test_sd_shaped_unet_gets_the_authors_layers(pipe):
+    assert default_layers(pipe.unet) == (GUIDANCE_LAYERS, MASK_LAYERS)
+
+
+def test_config_scales_the_schedule_with_the_steps(config):
+    assert config.num_inference_steps == 6
+    assert config.per_box_guidance.guidance_steps == round(30 * 6 / 50)
+    assert config.mask_start_step == 1
+
+
+def test_generate_keeps_every_intermediate(result, layout, config):
+    n, T = len(layout), config.num_inference_steps
+    assert result.method == "lmd" and result.image.shape == (3, 256, 256)
+    assert 0 <= result.image.min() and result.image.max() <= 1
+    assert result.per_box.latents.shape[:2] == (T + 1, n)
+    assert result.per_box.images.shape == (n, 3, 256, 256)
+    assert result.composed_latents.shape[0] == T + 1
+    assert result.overall_latents.shape[:2] == (T + 1, 1)
+    assert result.negative_prompt == "birds"  # the layout's negative prompt reaches the overall pass
+    assert len(result.masks) == n and result.aligned_masks.shape == (n, 32, 32)
+    assert result.per_box.guidance.log and result.overall_guidance.log
+
+
+def test_each_box_prompt_is_background_with_caption(result):
+    assert result.per_box.plan.prompts == ["a park with a red cat", "a park with a dog", "a park with a dog"]
+
+
+def test_aligned_masks_sit_on_their_target_boxes(result, layout):
+    for mask, box in zip(result.aligned_masks, layout.boxes):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        cx, cy = (xs.float().mean() + 0.5) / 32, (ys.float().mean() + 0.5) / 32
+        assert abs(cx - box.center[0]) <= 1.5 / 32 and abs(cy - box.center[1]) <= 1.5 / 32
+
+
+def test_frozen_steps_copy_the_composed_foreground(result, config):
+    union = result.aligned_masks.any(0)
+    frozen = int(config.num_inference_steps * config.frozen_ratio)
+    for k in range(1, frozen + 1):
+        z, c = result.overall_latents[k, 0], result.composed_latents[k]
+        assert torch.equal(z[:, union], c[:, union].to(z.dtype))
+    # after the frozen steps the model is free again
+    assert not torch.equal(result.overall_latents[frozen + 1, 0][:, union],
+                           result.composed_latents[frozen + 1][:, union])
+
+
+def test_same_seed_same_image_other_seed_other_image(pipe, layout, config, result):
+    again = generate(pipe, layout, seed=1, config=config, progress=False)
+    assert torch.equal(again.image, result.image)
+    other = generate(pipe, layout, seed=2, config=config, progress=False)
+    assert not torch.equal(other.image, result.image)
+
+
+def test_layout_without_boxes_is_plain_sd_with_the_negative_prompt(pipe, config):
+    empty = Layout([], "a park", "cats", "a park without cats")
+    out = generate(pipe, empty, seed=1, config=config, progress=False)
+    assert out.method == "sd" and out.negative_prompt == "cats"
+    assert torch.equal(out.image, generate_sd(pipe, "a park", seed=1, config=config, negative_prompt="cats",
+                                              progress=False))
