@@ -6,7 +6,8 @@ Commands::
     benchmark prompts                                                                the 400 benchmark prompts
     benchmark stage1 [--source FILE.json|planner|llm]                               stage-1 table, last line
                                                                                      "overall: N/400"
-    demo --out demo.png                                                              a layout drawn to a PNG
+    generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both]   prompt → image
+    demo --out demo.png                                          offline: layout, plain and LMD images in one PNG
 
 Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser and sets
 ``handler=<function(args) -> int>``, then append it to :data:`COMMANDS` (or to :data:`BENCHMARK_COMMANDS` for
@@ -34,6 +35,8 @@ from .llm_layouts import (
 
 #: The prompt ``demo`` draws when none is given.
 DEMO_PROMPT = "A realistic photo of a scene with a gray cat on the left and two brown dogs on the right"
+#: The demo prompt for the shipped toy-world model (its caption grammar).
+TOY_DEMO_PROMPT = "a red circle on the left and a blue square on the right"
 #: Errors that come from the user's input or set-up, reported as one line instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LLMNotConfigured, LLMRequestError, LayoutParseError, MissingReplyError, CacheCorruptError, FileNotFoundError,
@@ -154,27 +157,122 @@ def add_benchmark_command(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# generate
+# ------------------------------------------------------------------------------------------------------------
+def add_generate_command(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="stage 1 + stage 2: prompt → layout → image")
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("--model", dest="diffusion_model", default="toyworld",
+                   help="'toyworld' (shipped, CPU), 'tiny' (random weights, wiring only), a hub id such as "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG (default: %(default)s)")
+    p.add_argument("--method", choices=("lmd", "sd", "both"), default="lmd",
+                   help="LMD, plain SD from the same seed, or both side by side with the layout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's LMD config)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--sam", default=None,
+                   help="refine masks with SAM: a transformers id/folder (e.g. facebook/sam-vit-base) or a "
+                        "segment-anything checkpoint .pth (default: thresholded attention, no SAM)")
+    p.add_argument("--layout-out", type=Path, default=None, help="also save the layout as JSON")
+    p.add_argument("--llm-model", dest="model", default=None, help="LLM model name for the layout (default: $LMD_LLM_MODEL)")
+    add_source_options_without_model(p)
+    p.set_defaults(handler=run_generate_command)
+
+
+def add_source_options_without_model(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_source_options` minus ``--model`` (``generate`` uses ``--model`` for the diffusion model)."""
+    parser.add_argument("--source", default=None,
+                        help="layout source: 'planner', 'llm' or a reply file (default: the LLM if configured, "
+                             "else the offline planner)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+    parser.add_argument("--cache", type=Path, default=None, help="LLM reply cache file")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
+
+
+def load_sam_backend(spec: str | None):
+    """A SAM backend from ``--sam``: a segment-anything ``.pth`` checkpoint or a transformers model id/folder."""
+    if not spec:
+        return None
+    from .masks import SegmentAnythingSam, TransformersSam
+
+    if spec.endswith(".pth"):
+        return SegmentAnythingSam.from_checkpoint(spec)
+    return TransformersSam.from_pretrained(spec)
+
+
+def run_generate_command(args: argparse.Namespace) -> int:
+    from .models import load_pipeline
+    from .pipeline import LMDConfig, comparison_figure, generate, generate_sd
+
+    layout = source_from_args(args).get_layout(args.prompt)
+    if args.layout_out is not None:
+        layout.save(args.layout_out)
+    pipe = load_pipeline(args.diffusion_model, device=args.device)
+    config = LMDConfig.for_pipe(pipe)
+    if args.steps is not None:
+        config = config.with_steps(args.steps)
+    images = {}
+    if args.method in ("sd", "both"):
+        images["plain SD"] = generate_sd(pipe, args.prompt, seed=args.seed, config=config,
+                                         negative_prompt=layout.negative)
+    if args.method in ("lmd", "both"):
+        result = generate(pipe, layout, seed=args.seed, config=config, sam=load_sam_backend(args.sam))
+        images["LMD"] = result.image
+        print(f"LMD: {result.method}, overall prompt {result.prompt!r}, "
+              f"{', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}", file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.method == "both":
+        comparison_figure(layout, images, seed=args.seed).savefig(args.out, dpi=120, bbox_inches="tight")
+    else:
+        from .models import to_pil
+
+        to_pil(next(iter(images.values()))[None])[0].save(args.out)
+    print(layout.to_json())
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
 # demo
 # ------------------------------------------------------------------------------------------------------------
 def add_demo_command(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="draw the offline planner's layout of a default prompt to a PNG")
+    p = subparsers.add_parser("demo", help="offline: a toy prompt → layout (planner) → plain vs LMD image, one PNG")
     p.add_argument("--out", type=Path, default=Path("demo.png"), help="output PNG (default: demo.png)")
-    p.add_argument("--prompt", default=DEMO_PROMPT, help="the prompt (default: %(default)r)")
+    p.add_argument("--prompt", default=None,
+                   help=f"the prompt (default: {TOY_DEMO_PROMPT!r} with the toy model, else {DEMO_PROMPT!r})")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run_demo_command)
 
 
-def run_demo(prompt: str = DEMO_PROMPT, out: str | Path = "demo.png") -> Layout:
-    """The demo: the offline planner's layout for ``prompt``, drawn to ``out``.  Stage 2 extends this to
-    generate an image from the layout."""
+def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int = 0) -> Layout:
+    """The offline demo: the planner's layout for ``prompt``, then, with the shipped toy model, the plain-sampling
+    image and the LMD image from the same seed, side by side with the layout in one picture.  Without the toy
+    model (a checkout that has not trained it yet) only the layout is drawn."""
+    from .models import TOYWORLD_MODEL_DIR
     from .planner import plan_layout
 
+    if not (TOYWORLD_MODEL_DIR / "model_index.json").exists():
+        layout = plan_layout(prompt or DEMO_PROMPT)
+        print(f"no toy model at {TOYWORLD_MODEL_DIR}: drawing the layout only", file=sys.stderr)
+        save_layout_png(layout, out, title=f"layout by the {layout.meta['source']}\n" + _title(layout))
+        return layout
+    from .models import load_pipeline
+    from .pipeline import LMDConfig, comparison_figure, generate, generate_sd
+
+    prompt = prompt or TOY_DEMO_PROMPT
     layout = plan_layout(prompt)
-    save_layout_png(layout, out, title=f"layout by the {layout.meta['source']}\n" + _title(layout))
+    pipe = load_pipeline("toyworld", device="cpu")
+    config = LMDConfig.for_pipe(pipe)
+    images = {"plain sampling": generate_sd(pipe, prompt, seed=seed, config=config, negative_prompt=layout.negative),
+              "LMD": generate(pipe, layout, seed=seed, config=config).image}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    comparison_figure(layout, images, seed=seed, model="toy world").savefig(out, dpi=120, bbox_inches="tight")
     return layout
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    layout = run_demo(args.prompt, args.out)
+    layout = run_demo(args.prompt, args.out, args.seed)
     print(layout.to_json())
     print(f"layout source: {layout.meta['source']}; wrote {args.out}", file=sys.stderr)
     return 0
@@ -184,7 +282,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
 #: Top-level commands; another module's command is one more ``add_<name>_command`` in this list.
-COMMANDS: list[Callable] = [add_layout_command, add_benchmark_command, add_demo_command]
+COMMANDS: list[Callable] = [add_layout_command, add_benchmark_command, add_generate_command, add_demo_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 import torch
 
-from .attention import ALL_LAYERS, GUIDANCE_LAYERS, MASK_LAYERS, AttentionStore, resolve_layers, word_token_indices
+from .attention import (ALL_LAYERS, GUIDANCE_LAYERS, MASK_LAYERS, AttentionStore, phrase_token_indices,
+                        resolve_layers, word_token_indices)
 from .composition import FROZEN_RATIO, align_to_box, apply_frozen_step, compose_latents, frozen_step_count
 from .layout import Layout
 from .masks import ObjectMask, SamBackend, extract_object_masks
@@ -60,7 +61,11 @@ class LMDConfig:
     attention_transfer: pull the overall attention towards the per-box attention (authors: on, λ = 2).
     per_box_negative_prompt / overall_negative_prompt: the authors' negative prompts; the layout's own negative
         prompt is prepended to both.
-    max_batch: boxes per UNet batch in the per-box pass (``None``: all at once; the authors run one at a time).
+    background: replaces the layout's background prompt when not ``None`` (models trained without backgrounds,
+        such as the toy world, use ``""``: per-box prompts are then the bare captions).
+    overall_prompt: ``"authors"`` builds ``"[background] with [phrase], ..."``; ``"source"`` uses the user's prompt
+        (``layout.prompt``) when every phrase occurs in it (a model trained on one caption grammar, such as the toy
+        world, understands its own grammar best), else falls back to the authors' form.
     """
 
     num_inference_steps: int = 50
@@ -79,7 +84,8 @@ class LMDConfig:
     attention_transfer: bool = True
     per_box_negative_prompt: str = PER_BOX_NEGATIVE_PROMPT
     overall_negative_prompt: str = OVERALL_NEGATIVE_PROMPT
-    max_batch: int | None = None
+    background: str | None = None
+    overall_prompt: Literal["authors", "source"] = "authors"
 
     def with_steps(self, num_inference_steps: int) -> "LMDConfig":
         """The same method on fewer (or more) steps: guidance schedules and the mask window scale along."""
@@ -277,6 +283,8 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     (e.g. "a scene without cats") is plain SD on its background prompt with its negative prompt.
     """
     config = config or LMDConfig.for_pipe(pipe)
+    if config.background is not None:
+        layout = replace(layout, background=config.background)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     height, width = _resolution(pipe, config)
@@ -317,9 +325,8 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     composed[0] = torch.where(union.to(composed.device), composed[0], shared[0].to(composed.device, composed.dtype))
 
     # 4. the composed generation: frozen foreground + box guidance + attention transfer
-    prompt = overall_prompt(layout)
     tokenizer = pipe.tokenizer
-    background_end = len(layout.background.strip().rstrip("."))
+    prompt, background_end = _overall_prompt_for(layout, config.overall_prompt, tokenizer)
     objects, transfers = [], []
     for k, (phrase, idx) in enumerate(overall_phrases(layout)):
         boxes = tuple(layout.boxes[i] for i in idx)
@@ -342,6 +349,20 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
                      composed, result.latents_history, overall_guidance, timings)
 
 
+def _overall_prompt_for(layout: Layout, mode: str, tokenizer) -> tuple[str, int]:
+    """The overall prompt and the character offset after which its phrases are looked up."""
+    if mode == "source" and layout.prompt:
+        try:
+            for phrase, _ in overall_phrases(layout):
+                phrase_token_indices(tokenizer, layout.prompt, phrase)
+            return layout.prompt, 0
+        except ValueError:
+            pass  # a phrase the user's prompt does not contain verbatim: use the authors' form
+    elif mode not in ("authors", "source"):
+        raise ValueError(f"overall_prompt must be 'authors' or 'source', not {mode!r}")
+    return overall_prompt(layout), len(layout.background.strip().rstrip("."))
+
+
 def _guidance_layer_names(store: AttentionStore, layers) -> set[str]:
     return {r.layer for r in store.select(layers)}
 
@@ -361,3 +382,20 @@ def generate_sd(pipe, prompt: str, seed: int = 0, config: LMDConfig | None = Non
     height, width = _resolution(pipe, config)
     noise = initial_noise(pipe, 1, height, width, seed)
     return _plain(pipe, prompt, negative_prompt, noise, config, progress)[0]
+
+
+def comparison_figure(layout: Layout, images: dict[str, torch.Tensor], seed: int | None = None,
+                      model: str | None = None):
+    """One matplotlib figure: the layout, then each image (e.g. plain SD and LMD from the same seed) with the
+    layout's boxes drawn over it; returns the :class:`~matplotlib.figure.Figure` (no pyplot state touched)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * (1 + len(images)), 3.6))
+    axes = fig.subplots(1, 1 + len(images))
+    layout.draw(ax=axes[0], title="layout" + (f" ({layout.meta['source']})" if layout.meta.get("source") else ""))
+    for ax, (name, image) in zip(axes[1:], images.items()):
+        Layout(layout.boxes).draw(ax=ax, image=image, title=name)
+    suffix = ", ".join(x for x in (f"model: {model}" if model else "", f"seed {seed}" if seed is not None else "") if x)
+    fig.suptitle(f"{layout.prompt or overall_prompt(layout)}" + (f"\n{suffix}" if suffix else ""), fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -94,3 +94,17 @@ def test_layout_without_boxes_is_plain_sd_with_the_negative_prompt(pipe, config)
     assert out.method == "sd" and out.negative_prompt == "cats"
     assert torch.equal(out.image, generate_sd(pipe, "a park", seed=1, config=config, negative_prompt="cats",
                                               progress=False))
+
+
+def test_source_prompt_mode_and_background_override(pipe, config):
+    from dataclasses import replace
+
+    lay = Layout([Box("a cat", 0.05, 0.2, 0.45, 0.8), Box("a dog", 0.55, 0.2, 0.95, 0.8)], "a park", "",
+                 "a cat on the left and a dog on the right")
+    cfg = replace(config, background="", overall_prompt="source")
+    out = generate(pipe, lay, seed=0, config=cfg, progress=False)
+    assert out.prompt == lay.prompt
+    assert out.per_box.plan.prompts == ["a cat", "a dog"]
+    # a phrase missing from the user's prompt falls back to the authors' form
+    lay2 = replace(lay, prompt="two animals")
+    assert generate(pipe, lay2, seed=0, config=cfg, progress=False).prompt == "a cat, a dog"

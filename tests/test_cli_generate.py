@@ -1,0 +1,31 @@
+"""`python -m lmd_utils generate ...` on the random-weight tiny model (wiring of stage 1 + stage 2)."""
+import json
+
+from PIL import Image
+
+from lmd_utils.__main__ import main
+
+
+def test_generate_writes_an_image_and_the_layout(tmp_path, capsys):
+    out, lay = tmp_path / "x.png", tmp_path / "layout.json"
+    rc = main(["generate", "a cat on the left and a dog on the right", "--model", "tiny", "--steps", "3",
+               "--out", str(out), "--layout-out", str(lay), "--source", "planner"])
+    assert rc == 0
+    assert Image.open(out).size == (256, 256)
+    printed = json.loads(capsys.readouterr().out)
+    assert [b["phrase"] for b in printed["boxes"]] == ["a cat", "a dog"]
+    assert json.loads(lay.read_text())["boxes"] == printed["boxes"]
+
+
+def test_generate_both_draws_a_comparison(tmp_path):
+    out = tmp_path / "both.png"
+    assert main(["generate", "two cats", "--model", "tiny", "--steps", "2", "--method", "both",
+                 "--out", str(out), "--source", "planner"]) == 0
+    w, h = Image.open(out).size
+    assert w > 2 * h  # layout + two images side by side
+
+
+def test_generate_reports_a_missing_model_folder(tmp_path, capsys):
+    rc = main(["generate", "a cat", "--model", str(tmp_path / "nowhere"), "--source", "planner",
+               "--out", str(tmp_path / "x.png")])
+    assert rc == 1 and "error:" in capsys.readouterr().err
