@@ -66,6 +66,8 @@ class LMDConfig:
     overall_prompt: ``"authors"`` builds ``"[background] with [phrase], ..."``; ``"source"`` uses the user's prompt
         (``layout.prompt``) when every phrase occurs in it (a model trained on one caption grammar, such as the toy
         world, understands its own grammar best), else falls back to the authors' form.
+    max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
+        as the authors' code).
     """
 
     num_inference_steps: int = 50
@@ -86,6 +88,7 @@ class LMDConfig:
     overall_negative_prompt: str = OVERALL_NEGATIVE_PROMPT
     background: str | None = None
     overall_prompt: Literal["authors", "source"] = "authors"
+    max_batch: int | None = None
 
     def with_steps(self, num_inference_steps: int) -> "LMDConfig":
         """The same method on fewer (or more) steps: guidance schedules and the mask window scale along."""
@@ -184,8 +187,20 @@ class PerBoxResult:
     images: torch.Tensor  # (n, 3, H, W) in [0, 1]
     mask_maps: torch.Tensor  # (n, h', w') aggregated object-word attention on the mask layers
     word_tokens: list[int]
-    guidance: BoxGuidance
-    store: AttentionStore
+    #: per box, the object word's attention ``{(layer, step): (heads, H, W)}`` on the guidance layers during the
+    #: guided steps: the reference of the composed pass's attention transfer (empty when transfer is off)
+    references: list[dict[tuple[str, int], torch.Tensor]]
+    guidance: list[BoxGuidance]  # one hook per batch of boxes (one batch unless ``max_batch`` splits them)
+    guidance_layers: tuple[str, ...] | str = GUIDANCE_LAYERS
+
+    def energy_log(self, box: int) -> list[tuple[int, int, float]]:
+        """``(step, iteration, energy)`` of box ``box``'s guidance, for plots."""
+        start = 0
+        for hook in self.guidance:
+            if box < start + len(hook.targets):
+                return hook.energies_by_element(box - start)
+            start += len(hook.targets)
+        raise IndexError(f"no box {box}")
 
 
 @dataclass
@@ -225,11 +240,16 @@ def _guidance_config(config: GuidanceConfig, layers) -> GuidanceConfig:
 
 def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise: torch.Tensor,
                 progress: bool = True) -> PerBoxResult:
-    """Step 1: generate every box alone (batched), guided into its generation box; keep latents and attention."""
+    """Step 1: generate every box alone, guided into its generation box; keep latents and attention.
+
+    All boxes share one batch (one UNet call per step) unless ``config.max_batch`` splits them; the authors run
+    them one after another, which ``max_batch=1`` reproduces (same tensors, batched or not, up to float noise).
+    """
     height, width = _resolution(pipe, config)
     _, _, h, w = latent_shape(pipe, height, width)
     guidance_layers, default_mask_layers = default_layers(pipe.unet)
     mask_layers = config.mask_layers or default_mask_layers
+    per_box_cfg = _guidance_config(config.per_box_guidance, guidance_layers)
     plan = plan_per_box(layout, seed, config.placement, config.floor_padding, config.per_box_negative_prompt)
     n = len(plan.prompts)
     box_noise = initial_noise(pipe, n, height, width, plan.seeds)
@@ -237,28 +257,43 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     start = blend_box_noise(shared_noise, box_noise, gen_masks, config.noise_blend_ratio)
 
     tokenizer = pipe.tokenizer
-    background_end = len(layout.background.strip().rstrip("."))  # tokens of the caption come after this
+    background_end = len(layout.background.strip().rstrip("."))  # the caption's tokens come after this
     targets, word_tokens = [], []
     for prompt, box, caption in zip(plan.prompts, plan.generation_boxes, (b.phrase for b in layout.boxes)):
         targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(tokenizer, prompt, caption, box,
                                                                      start=background_end),)))
         word_tokens.append(word_token_indices(tokenizer, prompt, caption, start=background_end,
                                               last_token_only=True)[0])
-    guidance = BoxGuidance(targets, _guidance_config(config.per_box_guidance, guidance_layers))
     transfer_steps = set(range(config.overall_guidance.guidance_steps)) if config.attention_transfer else set()
     mask_steps = set(range(config.mask_start_step, config.num_inference_steps))
-    layers = (list(guidance.config.layers) if config.attention_transfer else []) + (
-        list(mask_layers) if isinstance(mask_layers, tuple) else [mask_layers])
-    store = AttentionStore(layers=ALL_LAYERS if ALL_LAYERS in layers else tuple(dict.fromkeys(layers)),
-                           keep="cond", token_indices=[[t] for t in word_tokens], steps=mask_steps | transfer_steps)
+    layers = [mask_layers] if isinstance(mask_layers, str) else list(mask_layers)
+    if config.attention_transfer:
+        layers += list(per_box_cfg.layers)
+    layers = ALL_LAYERS if ALL_LAYERS in layers else tuple(dict.fromkeys(layers))
 
     cond = encode_prompts(pipe, plan.prompts)
     uncond = encode_prompts(pipe, [plan.negative_prompt])
-    result: DenoiseResult = denoise(pipe, start, cond, uncond, config.num_inference_steps, config.guidance_scale,
-                                    hooks=[guidance], attention_store=store, keep_latents=True, progress=progress)
-    images = decode_latents(pipe, result.latents)
-    maps = store.aggregate(layers=mask_layers, steps=mask_steps)[:, 0]  # (n, h', w'), one word token each
-    return PerBoxResult(plan, result.latents_history, images, maps, word_tokens, guidance, store)
+    chunk = config.max_batch or n
+    hooks, latents, maps, references = [], [], [], []
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(lo + chunk, n))
+        hook = BoxGuidance(targets[sl], per_box_cfg)
+        store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
+                               steps=mask_steps | transfer_steps)
+        result: DenoiseResult = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps,
+                                        config.guidance_scale, hooks=[hook], attention_store=store,
+                                        keep_latents=True, progress=progress)
+        hooks.append(hook)
+        latents.append(result.latents_history)
+        maps.append(store.aggregate(layers=mask_layers, steps=mask_steps)[:, 0])  # (chunk, h', w'), word token
+        guided = {r.layer for r in store.select(per_box_cfg.layers)}
+        for e in range(sl.stop - sl.start):
+            references.append({k: v for k, v in store.per_element_maps(e).items()
+                               if k[1] in transfer_steps and k[0] in guided})
+    latents_all = torch.cat(latents, dim=1)
+    images = decode_latents(pipe, latents_all[-1].to(shared_noise.device))
+    return PerBoxResult(plan, latents_all, images, torch.cat(maps), word_tokens, references, hooks,
+                        per_box_cfg.layers)
 
 
 class FrozenForeground:
@@ -307,14 +342,10 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     timings["masks"] = time.perf_counter() - timings["per_box"] - t0
 
     # 3. align each trajectory, mask and attention onto its target box, then compose (largest first)
-    overall_cfg = _guidance_config(config.overall_guidance, per_box.guidance.config.layers)
-    transfer_steps = set(range(overall_cfg.guidance_steps))
+    overall_cfg = _guidance_config(config.overall_guidance, per_box.guidance_layers)
     aligned = []
     for i, (m, box) in enumerate(zip(masks, layout.boxes)):
-        refs = None
-        if config.attention_transfer:
-            refs = {k: v for k, v in per_box.store.per_element_maps(i).items()
-                    if k[1] in transfer_steps and k[0] in _guidance_layer_names(per_box.store, overall_cfg.layers)}
+        refs = per_box.references[i] if config.attention_transfer else None
         mask = m.latent_mask if m.latent_mask.any() else box.mask(h, w).bool()  # an empty mask cannot be placed
         aligned.append(align_to_box(per_box.latents[:, i], mask, box, attention=refs))
     aligned_masks = torch.stack([a.mask for a in aligned])
@@ -361,10 +392,6 @@ def _overall_prompt_for(layout: Layout, mode: str, tokenizer) -> tuple[str, int]
     elif mode not in ("authors", "source"):
         raise ValueError(f"overall_prompt must be 'authors' or 'source', not {mode!r}")
     return overall_prompt(layout), len(layout.background.strip().rstrip("."))
-
-
-def _guidance_layer_names(store: AttentionStore, layers) -> set[str]:
-    return {r.layer for r in store.select(layers)}
 
 
 def _plain(pipe, prompt: str, negative: str, noise: torch.Tensor, config: LMDConfig, progress: bool) -> torch.Tensor:

@@ -56,7 +56,8 @@ def test_generate_keeps_every_intermediate(result, layout, config):
     assert result.overall_latents.shape[:2] == (T + 1, 1)
     assert result.negative_prompt == "birds"  # the layout's negative prompt reaches the overall pass
     assert len(result.masks) == n and result.aligned_masks.shape == (n, 32, 32)
-    assert result.per_box.guidance.log and result.overall_guidance.log
+    assert result.per_box.guidance[0].log and result.overall_guidance.log
+    assert len(result.per_box.energy_log(2)) > 0
 
 
 def test_each_box_prompt_is_background_with_caption(result):
@@ -108,3 +109,12 @@ def test_source_prompt_mode_and_background_override(pipe, config):
     # a phrase missing from the user's prompt falls back to the authors' form
     lay2 = replace(lay, prompt="two animals")
     assert generate(pipe, lay2, seed=0, config=cfg, progress=False).prompt == "a cat, a dog"
+
+
+def test_one_box_at_a_time_equals_the_batched_pass(pipe, layout, config, result):
+    from dataclasses import replace
+
+    sequential = generate(pipe, layout, seed=1, config=replace(config, max_batch=1), progress=False)
+    assert len(sequential.per_box.guidance) == 3
+    torch.testing.assert_close(sequential.per_box.latents, result.per_box.latents, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sequential.image, result.image, atol=1e-3, rtol=1e-3)
