@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-slow lab clean venv
+.PHONY: demo test test-slow lab clean venv strip-notebooks git-filters
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,14 @@ test-slow: venv
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
+
+strip-notebooks: venv
+	$(PY) scripts/strip_notebooks.py
+
+# once per clone: strip notebook outputs on `git add` (git cannot commit a filter's command)
+git-filters:
+	git config filter.strip-notebooks.clean "$(PY) scripts/strip_notebooks.py --stdin"
+	git config filter.strip-notebooks.smudge cat
 
 clean:
 	rm -rf $(VENV) .pytest_cache

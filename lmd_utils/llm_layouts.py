@@ -773,6 +773,53 @@ def _first_caption(history: Sequence[dict[str, str]]) -> str:
     return ""
 
 
+class ScriptedLayoutSource:
+    """Replies written in advance, handed out in order and read by the real parser: an offline stand-in for an
+    LLM in demos and dialogs (notebook 06 uses it when no LLM is configured).
+
+    Not in the paper.  It has ``continue_dialog`` like :class:`LLMLayoutSource`, so a :class:`LayoutSession` can
+    run several rounds (paper §3, instruction-based scene specification) without any LLM.  The chat messages an
+    LLM would have been sent for each request (template + history) are kept in :attr:`requests`.  Unlike the
+    other sources, the k-th *call* gets the k-th reply whatever the prompt (``sample`` is ignored); a reply that
+    does not parse raises :class:`LayoutParseError` and is used up all the same, as an LLM's answer would be.
+    """
+
+    def __init__(
+        self, replies: Sequence[str], name: str = "scripted replies", template: LayoutTemplate | None = None
+    ) -> None:
+        if isinstance(replies, str) or not all(isinstance(r, str) for r in replies):
+            raise TypeError("replies must be a list of reply strings (one per request)")
+        self.replies = list(replies)
+        self.name = name
+        self.template = template or load_template()
+        self.requests: list[list[dict[str, str]]] = []
+
+    def __repr__(self) -> str:
+        return f"ScriptedLayoutSource({len(self.replies)} replies, {len(self.requests)} used, name={self.name!r})"
+
+    @property
+    def remaining(self) -> int:
+        """How many replies are left."""
+        return len(self.replies) - len(self.requests)
+
+    def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
+        """The next reply, as the layout of ``prompt`` (one user turn after the template)."""
+        return self.continue_dialog([caption_turn(prompt)], prompt=prompt.strip())
+
+    def continue_dialog(
+        self, history: Sequence[dict[str, str]], sample: int | None = None, prompt: str = ""
+    ) -> Layout:
+        """The next reply, as the answer to a dialog ``history`` (user/assistant turns, ending with a user turn)."""
+        if not history or history[-1].get("role") != "user":
+            raise ValueError("a dialog history must end with a user turn")
+        k = len(self.requests)
+        if k >= len(self.replies):
+            raise MissingReplyError(f"{self.name}: all {len(self.replies)} scripted replies are used up")
+        self.requests.append(self.template.messages(history=history))
+        return reply_to_layout(self.replies[k], prompt=prompt or _first_caption(history),
+                               meta={"source": self.name, "sample": k})
+
+
 # -------------------------------------------------------------------------------------------------------------
 # Multi-round dialog
 # -------------------------------------------------------------------------------------------------------------
@@ -864,5 +911,5 @@ __all__ = [
     "format_layout_reply", "layout_to_reply", "LayoutParseError", "ParsedReply", "parse_layout_reply",
     "reply_to_layout", "scoring_objects", "LayoutSource", "MissingReplyError", "ReplyFileSource",
     "CacheCorruptError", "ReplyCache", "default_cache_path", "LLMNotConfigured", "LLMRequestError", "LLMConfig",
-    "llm_configured", "LLMLayoutSource", "LayoutSession", "resolve_source",
+    "llm_configured", "LLMLayoutSource", "ScriptedLayoutSource", "LayoutSession", "resolve_source",
 ]
