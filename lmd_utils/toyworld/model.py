@@ -1,0 +1,194 @@
+"""The toy-world text-to-image model: a tiny *pixel-space* Stable Diffusion pipeline built from configs.
+
+It has the same parts as Stable Diffusion (the model LMD's stage 2 steers, paper §3.2) so every LMD module runs
+on it unchanged: a :class:`~transformers.CLIPTokenizer` (one token per toy word,
+:func:`lmd_utils.offline_tokenizer.build_clip_tokenizer`), a :class:`~transformers.CLIPTextModel` (2 layers,
+64 wide, trained jointly), a :class:`~diffusers.UNet2DConditionModel` with cross-attention at 16×16 and 8×8,
+and a DDPM scheduler config.  There is no VAE: the "latents" *are* the 32×32 RGB images in [-1, 1]
+(``StableDiffusionPipeline(vae=None, ...)``; sample with ``output_type="latent"``).
+
+Choices, where we differ from Stable Diffusion:
+
+* **v-prediction** with DDPM's *linear* betas (1e-4 … 0.02, the pixel-space CIFAR schedule, ᾱ_T ≈ 4e-5).
+  With ε-prediction, x̂₀ = (z − √(1−ᾱ) ε̂)/√ᾱ amplifies any change of z by 1/√ᾱ at the noisy end, and a
+  prototype's guidance steps there flipped whole images; with v-prediction x̂₀ = √ᾱ z − √(1−ᾱ) v̂ stays
+  bounded, so LMD's energy-guided latent updates (paper Eq. 3–4) behave at every step.  Code that needs x̂₀ or
+  ε̂ must read ``scheduler.config.prediction_type``.
+* SD's ``scaled_linear`` schedule leaves too much signal at t = T for pixel-space images (ᾱ_T ≈ 5e-3), and the
+  cosine schedule drives ᾱ to ~0, where ε-guidance explodes; linear betas sit between.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..offline_tokenizer import build_clip_tokenizer
+from .scenes import IMAGE_SIZE, VOCABULARY
+
+#: The pipeline's VaeImageProcessor assumes an 8× VAE when there is none: height/width passed to the pipeline
+#: are ``8 × image size`` so that its latents are our images.
+PIPELINE_SCALE = 8
+
+
+@dataclass
+class ToyWorldConfig:
+    """Sizes of the toy model; the defaults give a ~2.8 M-parameter UNet and a ~0.1 M-parameter text encoder."""
+
+    image_size: int = IMAGE_SIZE
+    block_out_channels: tuple[int, ...] = (32, 64, 96)
+    layers_per_block: int = 1
+    #: Heads per attention layer (diffusers calls this ``attention_head_dim``, a legacy misnomer).
+    attention_heads: int = 4
+    cross_attention_dim: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 128
+    #: Longest caption is 13 words + start/end tokens.
+    max_tokens: int = 16
+    prediction_type: str = "v_prediction"
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+    extra_words: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def tiny(cls) -> "ToyWorldConfig":
+        """A few-thousand-parameter config for tests."""
+        return cls(block_out_channels=(8, 16, 16), attention_heads=2, cross_attention_dim=16, text_layers=1,
+                   text_heads=2, text_intermediate=32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_tokenizer(config: ToyWorldConfig, save_dir: str | Path | None = None,
+                    max_rounds: int = 50) -> CLIPTokenizer:
+    """The toy vocabulary as a real :class:`CLIPTokenizer`: one token per grammar word, specials last.
+
+    BPE applies merges by rank, so one word's merges can pre-empt another's (``right``'s ``r+i`` splits
+    ``triangle``).  Words that do not come out as one token are moved to the front (highest merge priority)
+    until every word is a single token; the resulting order is deterministic.
+    """
+    order = list(dict.fromkeys(tuple(VOCABULARY) + tuple(config.extra_words)))
+    for _ in range(max_rounds):
+        tokenizer = build_clip_tokenizer(order, model_max_length=config.max_tokens)
+        split = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+        if not split:
+            if save_dir is not None:
+                tokenizer = build_clip_tokenizer(order, model_max_length=config.max_tokens, save_dir=save_dir)
+            return tokenizer
+        order = split + [w for w in order if w not in split]
+    raise RuntimeError(f"could not make every word a single token; still split: {split}")
+
+
+def build_text_encoder(config: ToyWorldConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    """A small causal CLIP text transformer; ``output[0]`` is the per-token embedding the UNet attends to."""
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=config.cross_attention_dim,
+        intermediate_size=config.text_intermediate, num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads, max_position_embeddings=config.max_tokens,
+        projection_dim=config.cross_attention_dim,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return CLIPTextModel(text_config)
+
+
+def build_unet(config: ToyWorldConfig) -> UNet2DConditionModel:
+    """Pixel-space UNet: no attention at 32×32, cross-attention (``attn2``) at 16×16, 8×8 and the 8×8 mid block."""
+    n = len(config.block_out_channels)
+    if n < 3:
+        raise ValueError("need at least 3 resolutions so that cross-attention runs at two of them")
+    return UNet2DConditionModel(
+        sample_size=config.image_size, in_channels=3, out_channels=3,
+        block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=config.cross_attention_dim, attention_head_dim=config.attention_heads,
+        norm_num_groups=min(8, config.block_out_channels[0]),
+    )
+
+
+def build_scheduler(config: ToyWorldConfig) -> DDPMScheduler:
+    """The training scheduler; sampling uses ``DDIMScheduler.from_config(pipe.scheduler.config)``."""
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         beta_start=config.beta_start, beta_end=config.beta_end,
+                         prediction_type=config.prediction_type, clip_sample=False,
+                         # "trailing": DDIM's first step is at t = T - 1 (Lin et al. 2024); steps_offset=1 is SD's
+                         timestep_spacing="trailing", steps_offset=1)
+
+
+def build_toyworld_pipeline(seed: int = 0, config: ToyWorldConfig | None = None,
+                            tokenizer_dir: str | Path | None = None) -> StableDiffusionPipeline:
+    """A freshly initialised (random-weight) toy pipeline; weights are deterministic from ``seed``."""
+    config = config or ToyWorldConfig()
+    tokenizer = build_tokenizer(config, tokenizer_dir)
+    torch.manual_seed(seed)
+    text_encoder = build_text_encoder(config, tokenizer)
+    unet = build_unet(config)
+    pipe = StableDiffusionPipeline(
+        vae=None, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def export_pipeline(pipe: StableDiffusionPipeline, folder: str | Path, model_card: str | None = None,
+                    info: dict | None = None) -> Path:
+    """Save a standard diffusers folder (safetensors) plus ``README.md`` (model card) and ``toyworld.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    if model_card is not None:
+        (folder / "README.md").write_text(model_card, encoding="utf-8")
+    if info is not None:
+        (folder / "toyworld.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_toyworld_pipeline(folder: str | Path, device: str | torch.device = "cpu",
+                           dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """Load an exported toy model (``vae=None``, no safety checker), with a DDIM scheduler for sampling."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        raise FileNotFoundError(f"{folder} is not a diffusers folder (no model_index.json); "
+                                "export one with `python -m lmd_utils.toyworld.train --export ...`")
+    # load in float32, then cast: the dtype keyword was renamed across diffusers versions
+    pipe = StableDiffusionPipeline.from_pretrained(folder, vae=None, safety_checker=None)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+
+
+def encode_captions(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
+                    captions: Sequence[str]) -> torch.Tensor:
+    """Token embeddings ``(B, max_tokens, dim)``, padded to the tokenizer's length as the SD pipeline does."""
+    ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+@torch.no_grad()
+def sample_images(pipe: StableDiffusionPipeline, prompts: Sequence[str], steps: int = 25,
+                  guidance_scale: float = 4.0, seed: int = 0) -> torch.Tensor:
+    """Plain text-to-image sampling (DDIM, classifier-free guidance): ``(B, 3, H, W)`` in [-1, 1]."""
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    size = pipe.unet.config.sample_size * PIPELINE_SCALE
+    generator = torch.Generator("cpu").manual_seed(seed)
+    out = pipe(list(prompts), height=size, width=size, num_inference_steps=steps, guidance_scale=guidance_scale,
+               generator=generator, output_type="latent")
+    return out.images.clamp(-1, 1)
