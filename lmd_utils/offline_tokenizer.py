@@ -2,8 +2,10 @@
 
 Real checkpoints ship their tokenizer (``openai/clip-vit-large-patch14``'s BPE with 49k tokens); we cannot download
 it here, so tests and the toy model use the same :class:`transformers.CLIPTokenizer` class over a small vocabulary
-written in code.  Every listed word becomes a single token (``"cat</w>"``); any other word still tokenizes, letter by
-letter, so no prompt is ever rejected.  As in CLIP, ``<|startoftext|>`` and ``<|endoftext|>`` get the last ids:
+written in code.  Each listed word gets a chain of BPE merges that builds it into one token (``"cat</w>"``); any other
+word still tokenizes, letter by letter, so no prompt is ever rejected.  BPE applies merges by rank, so an earlier
+word's merge can pre-empt a later word's chain ("right" listed before "triangle" splits it):
+:func:`single_token_order` reorders a word list until every word is one token.  As in CLIP, ``<|startoftext|>`` and ``<|endoftext|>`` get the last ids:
 text encoders and OWL-ViT-style pooling find the end token as the arg-max id, which breaks when it is id 0.
 """
 
@@ -29,6 +31,23 @@ def _merges_for(word: str) -> list[tuple[str, str]]:
         merges.append((pieces[0], pieces[1]))
         pieces = [pieces[0] + pieces[1]] + pieces[2:]
     return merges
+
+
+def single_token_order(words: Iterable[str], model_max_length: int = 77, max_rounds: int = 50) -> list[str]:
+    """``words`` (deduplicated) reordered so that :func:`build_clip_tokenizer` makes each of them one token.
+
+    Words that come out split are moved to the front (their merges then rank first) until none is split; the
+    result is deterministic.  Raises ``RuntimeError`` if that does not converge within ``max_rounds``.
+    """
+    order = list(dict.fromkeys(w.strip().lower() for w in words))
+    split: list[str] = []
+    for _ in range(max_rounds):
+        tokenizer = build_clip_tokenizer(order, model_max_length=model_max_length)
+        split = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+        if not split:
+            return order
+        order = split + [w for w in order if w not in split]
+    raise RuntimeError(f"could not make every word a single token; still split: {split}")
 
 
 def build_clip_tokenizer(words: Iterable[str], model_max_length: int = 77,

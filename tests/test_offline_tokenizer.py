@@ -14,3 +14,15 @@ def test_words_are_single_tokens_and_specials_are_last(tmp_path):
     assert tok.convert_ids_to_tokens(tok("bobcat").input_ids)[1:-1] == ["b", "o", "b", "cat</w>"]
     # and the saved tokenizer reloads identically
     assert CLIPTokenizer.from_pretrained(tmp_path)("a red cat").input_ids == tok("a red cat").input_ids
+
+
+def test_single_token_order_repairs_pre_empted_merges():
+    from lmd_utils.offline_tokenizer import single_token_order
+
+    words = ["right", "triangle", "at", "cat", "green"]
+    naive = build_clip_tokenizer(words)
+    assert len(naive("triangle", add_special_tokens=False).input_ids) > 1  # "ri" of "right" pre-empts it
+    order = single_token_order(words)
+    tok = build_clip_tokenizer(order)
+    assert sorted(order) == sorted(words)
+    assert all(len(tok(w, add_special_tokens=False).input_ids) == 1 for w in words)

@@ -29,7 +29,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..offline_tokenizer import build_clip_tokenizer
+from ..offline_tokenizer import build_clip_tokenizer, single_token_order
 from .scenes import IMAGE_SIZE, VOCABULARY
 
 #: The pipeline's VaeImageProcessor assumes an 8× VAE when there is none: height/width passed to the pipeline
@@ -77,16 +77,8 @@ def build_tokenizer(config: ToyWorldConfig, save_dir: str | Path | None = None,
     ``triangle``).  Words that do not come out as one token are moved to the front (highest merge priority)
     until every word is a single token; the resulting order is deterministic.
     """
-    order = list(dict.fromkeys(tuple(VOCABULARY) + tuple(config.extra_words)))
-    for _ in range(max_rounds):
-        tokenizer = build_clip_tokenizer(order, model_max_length=config.max_tokens)
-        split = [w for w in order if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
-        if not split:
-            if save_dir is not None:
-                tokenizer = build_clip_tokenizer(order, model_max_length=config.max_tokens, save_dir=save_dir)
-            return tokenizer
-        order = split + [w for w in order if w not in split]
-    raise RuntimeError(f"could not make every word a single token; still split: {split}")
+    order = single_token_order(tuple(VOCABULARY) + tuple(config.extra_words), config.max_tokens, max_rounds)
+    return build_clip_tokenizer(order, model_max_length=config.max_tokens, save_dir=save_dir)
 
 
 def build_text_encoder(config: ToyWorldConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
