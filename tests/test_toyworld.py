@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from lmd_utils.attention import ALL_LAYERS, AttentionRecord, AttentionStore, capture_cross_attention
 from lmd_utils.layout import Box, Layout
 from lmd_utils.toyworld.detector import check_caption, connected_components, detect, detect_boxes, matches_scene
 from lmd_utils.toyworld.model import ToyWorldConfig, build_tokenizer, build_toyworld_pipeline
 from lmd_utils.toyworld.scenes import (CAPTION_MIX, COLOURS, PLURAL, VOCABULARY, generate_scene, generate_scenes,
                                        images_to_tensor, parse_caption, parse_phrase, render_layout,
                                        tensor_to_images)
-from lmd_utils.toyworld.train import (attention_box_loss, export_checkpoint, install_attention_capture, main,
+from lmd_utils.toyworld.train import (attention_box_loss, export_checkpoint, main,
                                      span_targets)
 
 
@@ -136,28 +137,37 @@ def test_render_layout_draws_what_the_layout_says():
         render_layout(Layout([Box("a dog", 0, 0, 0.5, 0.5)]))
 
 
+def _store(*maps: torch.Tensor) -> AttentionStore:
+    """An AttentionStore holding ``(batch, heads, H·W, tokens)`` maps as records of square layers."""
+    store = AttentionStore(layers=ALL_LAYERS, keep="all")
+    for i, m in enumerate(maps):
+        res = int(round(m.shape[2] ** 0.5))
+        store.records.append(AttentionRecord(f"layer{i}", 0, m.unflatten(2, (res, res))))
+    return store
+
+
 def test_attention_box_loss_is_zero_inside_and_one_minus_area_squared_for_uniform_maps():
     scene = generate_scene(3, kind="single")
     tokens, res = 16, 8
     masks, weights = span_targets([scene], tokens, res)
     assert weights.sum() == 2  # "red", "circle"
     inside = masks[0][None, None].repeat(1, 2, 1, 1) + 1e-9  # (batch, heads, N, T): all mass in the box
-    assert attention_box_loss({"a": inside}, [scene]).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_box_loss(_store(inside), [scene]).item() == pytest.approx(0.0, abs=1e-6)
     uniform = torch.full((1, 2, res * res, tokens), 1 / tokens)
     area = masks[0][:, weights[0].argmax()].mean().item()
     assert 0 < area < 0.5
     expected = 2 * (1 - area) ** 2  # two layers
-    assert attention_box_loss({"a": uniform, "b": uniform}, [scene]).item() == pytest.approx(expected, rel=1e-5)
+    assert attention_box_loss(_store(uniform, uniform), [scene]).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_pipeline_is_pixel_space_with_cross_attention_at_two_resolutions():
     pipe = build_toyworld_pipeline(seed=0, config=ToyWorldConfig.tiny())
     assert pipe.vae is None and pipe.unet.config.in_channels == 3
-    store = install_attention_capture(pipe.unet)
     ids = pipe.tokenizer(["a red circle"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          return_tensors="pt").input_ids
-    pipe.unet(torch.zeros(1, 3, 32, 32), 10, encoder_hidden_states=pipe.text_encoder(ids)[0])
-    sizes = {p.shape[2] for p in store.values()}
+    with capture_cross_attention(pipe.unet, ALL_LAYERS, keep="all") as store:
+        pipe.unet(torch.zeros(1, 3, 32, 32), 10, encoder_hidden_states=pipe.text_encoder(ids)[0])
+    sizes = {r.probs.shape[2] * r.probs.shape[3] for r in store.records}
     assert sizes == {16 * 16, 8 * 8}
 
 

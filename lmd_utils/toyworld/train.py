@@ -16,9 +16,8 @@ Objective (per batch of generated scenes, fresh every step so nothing is ever se
   maps are as localised as Stable Diffusion's (a toy prototype's maps did not localise without it, and box
   guidance then had no effect).
 
-The attention maps are read by :class:`AttentionProbsProcessor`, a minimal copy of diffusers' ``AttnProcessor``
-that also keeps the softmax probabilities; it is private to training (``lmd_utils.attention`` did not exist when
-this was written) and is removed before export, so the saved model uses diffusers' default processors.
+The attention maps are captured with :func:`lmd_utils.attention.capture_cross_attention` (``keep_grad=True``),
+the same capture the notebooks and LMD's guidance use; it restores diffusers' processors after each forward.
 
 Checkpoints (``last.pt``: weights, EMA, optimizer, step, RNG states) are written atomically every
 ``--ckpt-minutes`` and on exit, including SIGTERM and Ctrl-C; the data stream is a pure function of
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..attention import ALL_LAYERS, AttentionStore, capture_cross_attention
 from .detector import check_caption, detect
 from .model import (ToyWorldConfig, build_toyworld_pipeline, count_parameters, export_pipeline,
                     sample_images)
@@ -65,44 +65,6 @@ SAMPLE_PROMPTS = (
 
 
 # --------------------------------------------------------------------------------------------- attention
-class AttentionProbsProcessor:
-    """diffusers' ``AttnProcessor`` for cross-attention that also stores the probabilities (with grad).
-
-    ``store[name]`` receives ``(batch, heads, H·W, tokens)`` for each call.  Minimal on purpose: no spatial or
-    group norm and no residual, which diffusers' UNet transformer blocks never use for ``attn2``.
-    """
-
-    def __init__(self, name: str, store: dict[str, torch.Tensor]):
-        self.name = name
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 *args, **kwargs):
-        if hidden_states.ndim != 3 or encoder_hidden_states is None:
-            raise ValueError("AttentionProbsProcessor only handles cross-attention on (B, N, C) inputs")
-        batch, tokens = encoder_hidden_states.shape[:2]
-        attention_mask = attn.prepare_attention_mask(attention_mask, tokens, batch)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(query, key, attention_mask)  # (B·heads, N, T)
-        self.store[self.name] = probs.view(batch, attn.heads, *probs.shape[1:])
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out / attn.rescale_output_factor
-
-
-def install_attention_capture(unet) -> dict[str, torch.Tensor]:
-    """Swap every ``attn2`` processor for :class:`AttentionProbsProcessor`; returns the shared store."""
-    store: dict[str, torch.Tensor] = {}
-    processors = {name: (AttentionProbsProcessor(name, store) if name.endswith("attn2.processor") else proc)
-                  for name, proc in unet.attn_processors.items()}
-    unet.set_attn_processor(processors)
-    return store
-
-
 def span_targets(scenes: Sequence[Scene], tokens: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per scene and token: the box mask its word must attend to at ``resolution``² and a 0/1 word weight.
 
@@ -123,16 +85,18 @@ def span_targets(scenes: Sequence[Scene], tokens: int, resolution: int) -> tuple
     return masks.flatten(1, 2), weights
 
 
-def attention_box_loss(store: dict[str, torch.Tensor], scenes: Sequence[Scene]) -> torch.Tensor:
+def attention_box_loss(store: AttentionStore, scenes: Sequence[Scene]) -> torch.Tensor:
     """Σ over attn2 layers of the mean over object words of ``(1 − attention mass inside the box)²``.
 
-    Maps are averaged over heads, then normalised over space (a word's map sums to one), as in LMD's energy
-    (paper Eq. 2).  Zero when no caption in the batch names an object.
+    ``store`` holds one record per cross-attention layer of the training forward
+    (:func:`lmd_utils.attention.capture_cross_attention` with ``keep_grad=True``).  Maps are averaged over heads,
+    then normalised over space (a word's map sums to one), as in LMD's energy (paper Eq. 2).  Zero when no caption
+    in the batch names an object.
     """
     total = torch.zeros(())
     cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-    for probs in store.values():
-        maps = probs.mean(dim=1)  # (B, N, T)
+    for record in store.records:
+        maps = record.probs.mean(dim=1).flatten(1, 2)  # (B, heads, H, W, T) → (B, H·W, T)
         n, tokens = maps.shape[1:]
         resolution = int(round(n ** 0.5))
         if (resolution, tokens) not in cache:
@@ -181,8 +145,6 @@ class Trainer:
         self.ema = EMAModel(self.params, decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
         self.step, self.elapsed_s = 0, 0.0
         self.recent_losses: list[float] = []
-        self.default_processors = dict(self.unet.attn_processors)
-        self.store = install_attention_capture(self.unet)
         self.stop_requested = False
 
     # -- state ------------------------------------------------------------------------------------
@@ -232,11 +194,11 @@ class Trainer:
             target = self.scheduler.get_velocity(x0, noise, t)
         else:
             target = noise
-        self.store.clear()
-        pred = self.unet(zt, t, encoder_hidden_states=self.text_encoder(ids)[0]).sample
+        with capture_cross_attention(self.unet, ALL_LAYERS, keep_grad=True, keep="all") as store:
+            pred = self.unet(zt, t, encoder_hidden_states=self.text_encoder(ids)[0]).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         diffusion = (per_sample * min_snr_weights(self.scheduler, t, self.min_snr_gamma)).mean()
-        attention = attention_box_loss(self.store, scenes) if self.attn_loss_weight > 0 else torch.zeros(())
+        attention = attention_box_loss(store, scenes) if self.attn_loss_weight > 0 else torch.zeros(())
         total = diffusion + self.attn_loss_weight * attention
         return total, diffusion.item(), attention.detach().item()
 
@@ -258,15 +220,13 @@ class Trainer:
     # -- sampling with EMA weights ----------------------------------------------------------------
     @contextlib.contextmanager
     def ema_pipeline(self):
-        """EMA weights and diffusers' default attention processors in the modules, for sampling."""
+        """The pipeline with EMA weights in its modules, for sampling."""
         self.ema.store(self.params)
         self.ema.copy_to(self.params)
-        self.unet.set_attn_processor(dict(self.default_processors))
         try:
             yield self.pipe
         finally:
             self.ema.restore(self.params)
-            self.store = install_attention_capture(self.unet)
 
     def sample_grid(self, prompts: Sequence[str] = SAMPLE_PROMPTS, steps: int = 20) -> dict:
         """Sample the fixed prompts with EMA weights, save ``samples/step_XXXXXX.png``; detector exact-match rate."""
