@@ -279,6 +279,51 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# benchmark stage2 (the toy world: plain sampling vs LMD, scored by the toy detector)
+# ------------------------------------------------------------------------------------------------------------
+def add_benchmark_stage2_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "stage2", help="stage 2 on the toy world: plain sampling vs LMD on the four tasks, scored by the toy "
+                       "detector (last line: overall: sd X%% lmd Y%%)")
+    p.add_argument("--model", dest="diffusion_model", default="toyworld", metavar="MODEL",
+                   help="'toyworld' (shipped) or a toy-world diffusers folder (default: %(default)s)")
+    p.add_argument("--method", default="sd,lmd", help="comma-separated methods: sd, lmd (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0, help="seed of each task's first prompt (default: 0)")
+    p.add_argument("--n-per-task", type=int, default=100, help="prompts per task (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's LMD config)")
+    p.add_argument("--batch-size", type=int, default=50, help="prompts per batch of plain sampling")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--json", type=Path, default=None, help="also write scores, failures and timings as JSON")
+    p.add_argument("--show-failures", action="store_true", help="list the failed prompts with their detections")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_benchmark_stage2_command)
+
+
+def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .models import load_pipeline
+    from .toyworld.benchmark import parse_methods, run_toy_benchmark, toy_lmd_config
+
+    methods = parse_methods(args.method)  # bad names fail before the model loads
+    if args.n_per_task < 1 or args.first_seed < 0:
+        raise ValueError("--n-per-task must be >= 1 and --first-seed >= 0")
+    pipe = load_pipeline(args.diffusion_model, device=args.device)
+    config = toy_lmd_config(pipe, steps=args.steps)
+    report = run_toy_benchmark(pipe, methods, args.first_seed, args.n_per_task, config, args.batch_size,
+                               progress=not args.no_progress)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    print(report.format(show_failures=args.show_failures))
+    return 0
+
+
+BENCHMARK_COMMANDS.append(add_benchmark_stage2_command)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
 #: Top-level commands; another module's command is one more ``add_<name>_command`` in this list.

@@ -26,7 +26,12 @@ All functions broadcast over leading dimensions (boxes, heads, tokens, images): 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Mapping, Sequence
+
 import torch
+
+if TYPE_CHECKING:  # matplotlib is imported where pictures are drawn
+    from matplotlib.figure import Figure
 
 #: The authors' defaults (``fg_top_p``, ``bg_top_p``, ``fg_weight``, ``bg_weight``, ``ref_ca_loss_weight``).
 TOP_FRACTION = 0.2
@@ -88,3 +93,162 @@ def energy_terms(maps: torch.Tensor, masks: torch.Tensor, **box_energy_kwargs) -
     """The two parts of :func:`box_energy` for plots: ``inside`` = TopK in the box, ``outside`` = TopK outside."""
     k = box_energy_kwargs.get("top_fraction", TOP_FRACTION)
     return {"inside": topk_mean(maps, masks, k), "outside": topk_mean(maps, 1 - masks.to(maps.dtype), k)}
+
+
+# -- looking at the energy (notebook 02) ------------------------------------------------------------------
+def gaussian_map(height: int, width: int, center: tuple[float, float], sigma: float = 0.12,
+                 peak: float = 0.8) -> torch.Tensor:
+    """A hand-made attention map ``(height, width)``: a Gaussian bump of height ``peak`` at the normalised
+    ``center = (x, y)`` (top-left origin, like :class:`~lmd_utils.layout.Box`), ``sigma`` in image widths.
+
+    Values lie in ``[0, peak]`` like one token's softmax probabilities; for experiments with the energy
+    without running a model.
+    """
+    if not 0 < peak <= 1 or sigma <= 0:
+        raise ValueError(f"need 0 < peak <= 1 and sigma > 0, got peak={peak}, sigma={sigma}")
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    d2 = (xs[None, :] - center[0]) ** 2 + (ys[:, None] - center[1]) ** 2
+    return peak * torch.exp(-d2 / (2 * sigma ** 2))
+
+
+def energy_and_gradient(maps: torch.Tensor, masks: torch.Tensor, **box_energy_kwargs
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(E, ∂E/∂A)`` of :func:`box_energy` for maps ``(..., H, W)``: the energies summed over leading dims
+    (each map's gradient is its own, as maps do not interact) and the gradient image, same shape as ``maps``.
+
+    The gradient is what guidance pushes back through the UNet (paper §3.2): it is non-zero only on the top-k
+    cells inside the box (negative: "more attention here") and the top-k cells outside (positive, ``w`` times
+    larger per cell: "less here").
+    """
+    leaf = maps.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        energy = box_energy(leaf, masks, **box_energy_kwargs).sum()
+        (grad,) = torch.autograd.grad(energy, leaf)
+    return energy.detach(), grad
+
+
+def energy_gradient_figure(maps: torch.Tensor, masks: torch.Tensor, titles: Sequence[str] | None = None,
+                           size: float = 2.6, **box_energy_kwargs) -> "Figure":
+    """For each map of ``maps (n, H, W)``: the map with its box, and the gradient ``∂E/∂A`` (blue: the energy
+    falls where attention grows, red: it rises), with the energy and its two top-k terms in the title.
+
+    ``masks`` is ``(n, H, W)`` or one ``(H, W)`` box for all maps.  Returns a figure not registered with pyplot.
+    """
+    from matplotlib.figure import Figure
+
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be (n, H, W), got {tuple(maps.shape)}")
+    maps = maps.detach().float().cpu()
+    masks = masks.float().cpu().expand_as(maps)
+    if titles is not None and len(titles) != len(maps):
+        raise ValueError(f"{len(titles)} titles for {len(maps)} maps")
+    fig = Figure(figsize=(2 * size * len(maps), size + 0.7), layout="constrained")
+    axes = fig.subplots(1, 2 * len(maps), squeeze=False)[0]
+    for i in range(len(maps)):
+        energy, grad = energy_and_gradient(maps[i], masks[i], **box_energy_kwargs)
+        terms = energy_terms(maps[i], masks[i], **{k: v for k, v in box_energy_kwargs.items() if k == "top_fraction"})
+        ax_map, ax_grad = axes[2 * i], axes[2 * i + 1]
+        im = ax_map.imshow(maps[i].numpy(), cmap="inferno", vmin=0, vmax=max(float(maps[i].max()), 1e-6))
+        fig.colorbar(im, ax=ax_map, shrink=0.7)
+        g = float(grad.abs().max()) or 1.0
+        im = ax_grad.imshow(grad.numpy(), cmap="RdBu_r", vmin=-g, vmax=g)
+        fig.colorbar(im, ax=ax_grad, shrink=0.7)
+        for ax in (ax_map, ax_grad):
+            _outline_mask(ax, masks[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+        head = f"{titles[i]}: " if titles is not None else ""
+        ax_map.set_title(f"{head}A (box in cyan)\nE = {float(energy):.3f}", fontsize=9)
+        ax_grad.set_title(f"∂E/∂A\nTopK in {float(terms['inside']):.2f}, out {float(terms['outside']):.2f}", fontsize=9)
+    return fig
+
+
+def _outline_mask(ax, mask: torch.Tensor, colour: str = "cyan") -> None:
+    """Outline a binary mask drawn with ``imshow``: its cell edges when it is one rectangle, else a contour."""
+    from matplotlib.patches import Rectangle
+
+    rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(rows) == 0:
+        return
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    if int((mask > 0.5).sum()) == (r1 - r0) * (c1 - c0):
+        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor=colour, linewidth=1.5))
+    else:
+        ax.contour(mask.numpy(), levels=[0.5], colors=colour, linewidths=1.5)
+
+
+def energy_curve_figure(curves: Mapping[str, Sequence[tuple[int, int, float]]], threshold: float | None = None,
+                        title: str = "box energy during guided sampling") -> "Figure":
+    """Energy against denoising step for each labelled run.
+
+    ``curves[label]`` is ``[(step, iteration, energy), ...]`` as :meth:`~lmd_utils.sampling.BoxGuidance.
+    energies_by_element` returns it; the iterations of one step are spread over that step's unit interval
+    (so the saw-tooth shows each gradient step lowering E and the next denoising step raising it again).
+    """
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("no curves to plot")
+    fig = Figure(figsize=(7, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for label, points in curves.items():
+        if not points:
+            continue
+        per_step: dict[int, int] = {}
+        for step, _, _ in points:
+            per_step[step] = per_step.get(step, 0) + 1
+        xs = [step + it / per_step[step] for step, it, _ in points]
+        ax.plot(xs, [e for _, _, e in points], marker=".", ms=4, lw=1.2, label=label)
+    if threshold is not None:
+        ax.axhline(threshold, ls="--", color="0.4", lw=1)
+        ax.text(ax.get_xlim()[0], threshold, " stopping threshold", va="bottom", fontsize=7, color="0.35")
+    ax.set_xlabel("denoising step (iterations of a step spread over it)")
+    ax.set_ylabel("E")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def image_grid_figure(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str],
+                      column_labels: Sequence[str], boxes: Sequence = (),
+                      notes: Sequence[Sequence[str]] | None = None, size: float = 1.5,
+                      title: str | None = None) -> "Figure":
+    """A grid of pictures ``images[row][column]`` (``(3, H, W)`` in [0, 1]) with the target ``boxes``
+    (normalised :class:`~lmd_utils.layout.Box` objects) outlined on each, for comparing guidance settings.
+
+    ``notes[row][column]`` (optional) is written under each picture (e.g. the energy it reached).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    rows = [list(r) for r in images]
+    if not rows or len(rows) != len(row_labels) or any(len(r) != len(column_labels) for r in rows):
+        raise ValueError(f"images must be {len(row_labels)} rows of {len(column_labels)} pictures")
+    if notes is not None and (len(notes) != len(rows) or any(len(n) != len(column_labels) for n in notes)):
+        raise ValueError("notes must have the shape of images")
+    fig = Figure(figsize=(size * len(column_labels) + 1.0, (size + 0.3) * len(rows) + (0.3 if title else 0)),
+                 layout="constrained")
+    axes = fig.subplots(len(rows), len(column_labels), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r, c]
+            img = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+            h, w = img.shape[:2]
+            ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
+            for b in boxes:
+                ax.add_patch(Rectangle((b.x0 * w, b.y0 * h), b.width * w, b.height * h, fill=False,
+                                       edgecolor="white", linewidth=1.2, linestyle="--"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_labels[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+            if notes is not None:
+                ax.set_xlabel(notes[r][c], fontsize=7, labelpad=1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

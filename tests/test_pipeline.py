@@ -118,3 +118,13 @@ def test_one_box_at_a_time_equals_the_batched_pass(pipe, layout, config, result)
     assert len(sequential.per_box.guidance) == 3
     torch.testing.assert_close(sequential.per_box.latents, result.per_box.latents, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sequential.image, result.image, atol=1e-3, rtol=1e-3)
+
+
+def test_source_prompt_is_not_used_when_it_names_the_excluded_object(pipe, config):
+    from dataclasses import replace
+
+    from lmd_utils.pipeline import _overall_prompt_for
+
+    lay = Layout([Box("a cat", 0.1, 0.2, 0.5, 0.8)], "", "dogs", "a cat without dogs")
+    assert _overall_prompt_for(lay, "source", pipe.tokenizer) == ("a cat", 0)
+    assert _overall_prompt_for(replace(lay, negative=""), "source", pipe.tokenizer) == ("a cat without dogs", 0)

@@ -197,3 +197,11 @@ def test_training_smoke_resume_equals_uninterrupted_and_export_reloads(tmp_path)
     assert len(ema) == len(reloaded)
     assert all(torch.equal(e, p.detach()) for e, p in zip(ema, reloaded))
     assert not torch.equal(ema[0], split["unet"][next(iter(split["unet"]))])  # EMA, not raw weights
+
+
+def test_a_new_run_can_start_from_an_exported_model(tmp_path):
+    common = ["--batch", "2", "--config", "tiny", "--sample-every", "0", "--seed", "1"]
+    assert main(["--steps", "2", "--out", str(tmp_path / "a"), *common, "--export", str(tmp_path / "exported")]) == 0
+    assert main(["--steps", "3", "--out", str(tmp_path / "b"), *common, "--init-from", str(tmp_path / "exported")]) == 0
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert state["step"] == 3  # continued from the exported step 2, one more step

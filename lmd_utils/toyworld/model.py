@@ -36,6 +36,31 @@ from .scenes import IMAGE_SIZE, VOCABULARY
 #: are ``8 × image size`` so that its latents are our images.
 PIPELINE_SCALE = 8
 
+#: Every cross-attention layer of the toy UNet, as prefixes (16×16: ``down_blocks.1``, ``up_blocks.1``; 8×8: the
+#: rest).  Spelled out rather than ``"all"`` so that the JSON round trip of ``LMDConfig.for_pipe`` keeps it.
+TOYWORLD_ATTENTION_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.0",
+                                              "up_blocks.1")
+
+#: The LMD settings calibrated for the toy model (``lmd_config.json`` of an exported folder, read by
+#: ``LMDConfig.for_pipe``).  Chosen with ``python -m lmd_utils.toyworld.benchmark --calibrate`` on a seed range
+#: that the reported benchmark does not use (see that module).  The toy model knows only its caption grammar
+#: (16 tokens, no "realistic", no "artifacts"), so the background and the authors' negative prompts are empty and
+#: the overall prompt is the user's caption; the layout's own negative prompt ("blue squares") still reaches CFG.
+TOYWORLD_LMD_CONFIG: dict = {
+    "num_inference_steps": 20,
+    "guidance_scale": 4.0,
+    "background": "",
+    "overall_prompt": "source",
+    "per_box_negative_prompt": "",
+    "overall_negative_prompt": "",
+    "per_box_guidance": {"loss_scale": 40.0, "loss_threshold": 0.1, "iterations": [2, 2, 1, 1, 1, 1, 1, 1],
+                         "guidance_steps": 8, "layers": list(TOYWORLD_ATTENTION_LAYERS)},
+    "overall_guidance": {"loss_scale": 40.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 6,
+                         "layers": list(TOYWORLD_ATTENTION_LAYERS)},
+    "mask_start_step": 4,
+    "frozen_ratio": 0.5,
+}
+
 
 @dataclass
 class ToyWorldConfig:

@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 from ..attention import ALL_LAYERS, AttentionStore, capture_cross_attention
 from .detector import check_caption, detect
-from .model import (ToyWorldConfig, build_toyworld_pipeline, count_parameters, export_pipeline,
-                    sample_images)
+from .model import (TOYWORLD_LMD_CONFIG, ToyWorldConfig, build_toyworld_pipeline, count_parameters,
+                    export_pipeline, sample_images)
 from .scenes import Scene, generate_scene, images_to_tensor, scene_seed, tensor_to_images
 
 CHECKPOINT = "last.pt"
@@ -179,6 +179,19 @@ class Trainer:
         torch.save(self.state_dict(args), tmp)
         os.replace(tmp, path)
         return path
+
+    def init_from_export(self, folder: Path) -> None:
+        """Start from an exported model's (EMA) weights, e.g. the shipped ``data/toyworld/model``, so a later session
+        can continue training without the run folder; the optimizer and EMA start afresh, the step count and the
+        data stream continue where that model stopped (``toyworld.json``)."""
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        self.unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder, subfolder="unet").state_dict())
+        self.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").state_dict())
+        info = json.loads((folder / "toyworld.json").read_text()) if (folder / "toyworld.json").exists() else {}
+        self.step, self.elapsed_s = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
+        self.ema = EMAModel(self.params, decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
 
     # -- one step ---------------------------------------------------------------------------------
     def loss(self, scenes: Sequence[Scene]) -> tuple[torch.Tensor, float, float]:
@@ -379,6 +392,8 @@ def export_checkpoint(run: Path, folder: Path, device: str = "cpu") -> Path:
     last_samples = json.loads(log.read_text().splitlines()[-1]) if log.exists() and log.read_text().strip() else None
     info["last_samples"] = last_samples
     export_pipeline(pipe, folder, model_card(state, n_unet, n_text, command, last_samples), info)
+    # the calibrated LMD settings, read by LMDConfig.for_pipe (see lmd_utils.toyworld.benchmark)
+    (folder / "lmd_config.json").write_text(json.dumps(TOYWORLD_LMD_CONFIG, indent=2) + "\n", encoding="utf-8")
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     if size > 20 * 2 ** 20:
         raise RuntimeError(f"exported model is {size / 2 ** 20:.1f} MB, over the 20 MB budget")
@@ -404,6 +419,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--export", type=Path, default=None, help="write OUT/last.pt's EMA weights here and exit")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start a new run from an exported model folder (e.g. data/toyworld/model), continuing its "
+                        "step count; optimizer and EMA start afresh")
     return p.parse_args(argv)
 
 
@@ -429,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if state is not None:
             trainer.load_state_dict(state)
             print(f"resumed {checkpoint} at step {trainer.step}", file=sys.stderr)
+        elif args.init_from is not None:
+            trainer.init_from_export(args.init_from)
+            print(f"initialised from {args.init_from} at step {trainer.step}", file=sys.stderr)
         print(f"UNet {count_parameters(trainer.unet):,} params, text encoder "
               f"{count_parameters(trainer.text_encoder):,}; device {device}; {torch.get_num_threads()} thread(s)",
               file=sys.stderr)

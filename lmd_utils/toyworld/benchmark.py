@@ -1,0 +1,496 @@
+"""The LMD benchmark's four tasks in the toy world: stage 2 (layout → image) scored on a CPU.
+
+The paper (§4, Table 1) scores generated images on 400 prompts (negation, generative numeracy, attribute binding,
+spatial reasoning) with an open-vocabulary detector.  Here the same four tasks are written in the toy world's
+caption grammar, images come from the toy model, and :mod:`~lmd_utils.toyworld.detector` (exact on toy images)
+stands in for OWL-ViT.  Scoring uses **the same four predicates** as the real benchmark
+(:mod:`lmd_utils.benchmark`), on the detector's boxes converted to ``(name, [x, y, w, h])`` on the 512-px canvas.
+
+Prompts (:func:`toy_benchmark_prompts`), each drawn from its own seed, so any seed range gives a benchmark::
+
+    negation     "a red circle without blue squares"            (the excluded object must not appear)
+    numeracy     "three green triangles"                        (2–4: the toy grammar's counts)
+    attribution  "a red circle and a blue square"               (two colours, two shapes, all different)
+    spatial      "a yellow triangle on the left and a blue circle on the right"   (left/right/top/bottom)
+
+Methods, from the same seed (the prompt's seed is the image seed, so both start from the same ``z_T``):
+
+* ``sd``: plain sampling of the prompt (classifier-free guidance against the empty prompt, no negative prompt:
+  the paper's SD baseline), batched across prompts;
+* ``lmd``: the offline planner's layout (:func:`~lmd_utils.planner.plan_layout`; "without X" becomes the negative
+  prompt) → :func:`~lmd_utils.pipeline.generate`.
+
+Both use the model's LMD settings (:func:`toy_lmd_config`: the folder's ``lmd_config.json``, else
+:data:`~lmd_utils.toyworld.model.TOYWORLD_LMD_CONFIG`) for steps and CFG scale.
+
+Calibration (:func:`calibrate`, ``python -m lmd_utils.toyworld.benchmark --calibrate``) is a coordinate search
+over a small grid of LMD knobs (:data:`CALIBRATION_KNOBS`) on a seed range the reported benchmark does not use
+(default: first seed 10000; the benchmark reports first seed 0), so the reported numbers are not tuned on.
+
+Where we differ from the paper: the toy numeracy task asks for 2–4 objects (the toy grammar's counts) instead of
+1–5; the spatial and attribution objects carry a colour (toy objects are coloured shapes); scoring uses the toy
+detector instead of OWL-ViT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, run_benchmark
+from ..layout import CANVAS_SIZE
+from ..models import decode_latents, default_resolution, encode_prompts, initial_noise, is_pixel_space
+from ..pipeline import LMDConfig, generate
+from ..planner import plan_layout
+from ..sampling import GuidanceConfig, denoise
+from .detector import detect_boxes
+from .model import TOYWORLD_LMD_CONFIG
+from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES
+
+METHODS = ("sd", "lmd")
+METHOD_NAMES = {"sd": "plain sampling (same seed, steps and CFG)", "lmd": "LMD (offline planner layout)"}
+#: Default seed ranges: the report starts at 0, calibration at 10000 (disjoint for any n_per_task <= 10000).
+REPORT_FIRST_SEED = 0
+CALIBRATION_FIRST_SEED = 10000
+_TASK_SALT = {task: i for i, task in enumerate(TASKS)}
+
+
+# =============================================================================================================
+# Prompts
+# =============================================================================================================
+@dataclass(frozen=True)
+class ToyPrompt:
+    """A toy benchmark prompt (its :class:`~lmd_utils.benchmark.PromptSpec`) and its seed (also the image seed)."""
+
+    spec: PromptSpec
+    seed: int
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str], k: int) -> list[str]:
+    return [str(x) for x in rng.choice(list(options), k, replace=False)]
+
+
+def _phrase(colour: str, shape: str) -> str:
+    return f"a {colour} {shape}"
+
+
+def toy_prompt(task: str, seed: int) -> ToyPrompt:
+    """The prompt of ``task`` drawn from ``seed`` (deterministic: ``numpy.random.default_rng([task index, seed])``)."""
+    if task not in _TASK_SALT:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if seed < 0:
+        raise ValueError(f"seeds must be >= 0, got {seed}")
+    rng = np.random.default_rng([_TASK_SALT[task], seed])
+    if task == "negation":
+        (c1,), (s1,) = _pick(rng, COLOURS, 1), _pick(rng, SHAPES, 1)
+        while True:  # the excluded object differs from the wanted one (it may share its colour or its shape)
+            (c2,), (s2,) = _pick(rng, COLOURS, 1), _pick(rng, SHAPES, 1)
+            if (c2, s2) != (c1, s1):
+                break
+        spec = PromptSpec(task, f"{_phrase(c1, s1)} without {c2} {PLURAL[s2]}", (f"{c2} {s2}",))
+    elif task == "numeracy":
+        n = int(rng.choice(sorted(COUNT_WORDS)))
+        (c,), (s,) = _pick(rng, COLOURS, 1), _pick(rng, SHAPES, 1)
+        spec = PromptSpec(task, f"{COUNT_WORDS[n]} {c} {PLURAL[s]}", (f"{c} {s}",), count=n)
+    elif task == "attribution":  # as the paper: two different colours and two different objects
+        (c1, c2), (s1, s2) = _pick(rng, COLOURS, 2), _pick(rng, SHAPES, 2)
+        p1, p2 = _phrase(c1, s1), _phrase(c2, s2)
+        spec = PromptSpec(task, f"{p1} and {p2}", (p1, p2))
+    else:  # spatial: two different objects, one of the paper's four relations
+        l1, l2 = SPATIAL_PAIRS[int(rng.integers(len(SPATIAL_PAIRS)))]
+        (c1, c2), (s1, s2) = _pick(rng, COLOURS, 2), _pick(rng, SHAPES, 2)
+        if rng.random() < 0.5:  # half of the pairs share their colour or their shape, as training captions can
+            if rng.random() < 0.5:
+                c2 = c1
+            else:
+                s2 = s1
+        p1, p2 = _phrase(c1, s1), _phrase(c2, s2)
+        spec = PromptSpec(task, f"{p1} on the {l1} and {p2} on the {l2}", (p1, p2), relation=l1)
+    return ToyPrompt(spec, int(seed))
+
+
+def toy_benchmark_prompts(first_seed: int = REPORT_FIRST_SEED, n_per_task: int = 100,
+                          tasks: Sequence[str] = TASKS) -> list[ToyPrompt]:
+    """``n_per_task`` prompts per task, seeds ``first_seed .. first_seed + n_per_task - 1``, task by task."""
+    if n_per_task < 1:
+        raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")
+    return [toy_prompt(task, first_seed + i) for task in tasks for i in range(n_per_task)]
+
+
+# =============================================================================================================
+# Scoring
+# =============================================================================================================
+def detected_objects(image: torch.Tensor | np.ndarray) -> list[tuple[str, list[int]]]:
+    """The toy detector's objects as the benchmark predicates want them: ``[("a red circle", [x, y, w, h]), ...]``
+    in pixels of the 512-px LLM canvas.  ``image``: ``(3, H, W)`` tensor in [0, 1] or an ``(H, W, 3)`` image."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return [(name, box.to_xywh(CANVAS_SIZE)) for name, box in detect_boxes(image)]
+
+
+def score_images(prompts: Sequence[ToyPrompt], images: torch.Tensor | Sequence[torch.Tensor], method: str
+                 ) -> BenchmarkResult:
+    """Score ``images[i]`` against ``prompts[i]`` with the benchmark's predicates (:func:`run_benchmark`)."""
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
+    by_occurrence: dict[tuple[str, int], int] = {}
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prompts):  # run_benchmark numbers repeats of a prompt 0, 1, ... in order
+        k = seen.get(p.prompt, 0)
+        seen[p.prompt] = k + 1
+        by_occurrence[(p.prompt, k)] = i
+
+    def objects_for(spec: PromptSpec, k: int) -> list[tuple[str, list[int]]]:
+        return detected_objects(images[by_occurrence[(spec.prompt, k)]])
+
+    return run_benchmark([p.spec for p in prompts], objects_for, "stage 2 (toy world)",
+                         METHOD_NAMES.get(method, method), progress=False)
+
+
+def four_task_average(result: BenchmarkResult) -> float:
+    """Mean of the per-task accuracies in percent (the paper's "average" column)."""
+    counts = result.counts()
+    return float(np.mean([100.0 * ok / n for ok, n in counts.values()])) if counts else 0.0
+
+
+# =============================================================================================================
+# Settings
+# =============================================================================================================
+def lmd_config_from_dict(settings: dict[str, Any]) -> LMDConfig:
+    """An :class:`LMDConfig` from an ``lmd_config.json``-style dict (nested guidance dicts, lists for tuples),
+    parsed as :meth:`LMDConfig.for_pipe` parses the file."""
+    s = copy.deepcopy(dict(settings))
+    for key in ("per_box_guidance", "overall_guidance"):
+        if isinstance(s.get(key), dict):
+            g = dict(s[key])
+            for tup in ("iterations", "layers"):
+                if tup in g:
+                    g[tup] = tuple(g[tup])
+            s[key] = GuidanceConfig(**g)
+    if isinstance(s.get("mask_layers"), list):
+        s["mask_layers"] = tuple(s["mask_layers"])
+    return LMDConfig(**s)
+
+
+def toy_lmd_config(pipe, settings: dict[str, Any] | None = None, steps: int | None = None) -> LMDConfig:
+    """The LMD settings for a toy pipeline: ``settings`` if given, else the model folder's ``lmd_config.json``,
+    else :data:`TOYWORLD_LMD_CONFIG`; ``steps`` rescales the schedule (:meth:`LMDConfig.with_steps`)."""
+    if settings is not None:
+        config = lmd_config_from_dict(settings)
+    else:
+        folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+        has_file = folder.is_dir() and (folder / "lmd_config.json").exists()
+        config = LMDConfig.for_pipe(pipe) if has_file else lmd_config_from_dict(TOYWORLD_LMD_CONFIG)
+    return config.with_steps(steps) if steps else config
+
+
+def merged_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; keys may be dotted (``"per_box_guidance.loss_scale"``)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = copy.deepcopy(value)
+    return out
+
+
+def check_toy_pipeline(pipe) -> None:
+    """Refuse models the toy detector cannot score (it reads 3-channel pixel-space toy images)."""
+    if not is_pixel_space(pipe) or int(pipe.unet.config.in_channels) != 3:
+        raise ValueError("the stage-2 benchmark here needs a toy-world model (pixel space, 3 channels) whose images "
+                         "the toy detector can read; scoring real models needs an open-vocabulary detector")
+
+
+# =============================================================================================================
+# Generation
+# =============================================================================================================
+@torch.no_grad()
+def plain_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, batch_size: int = 50,
+                 progress: bool = True) -> torch.Tensor:
+    """Plain sampling of every prompt, ``batch_size`` prompts per UNet batch: ``(N, 3, H, W)`` in [0, 1].
+
+    Element ``i`` starts from ``initial_noise(seed_i)`` exactly as :func:`~lmd_utils.pipeline.generate_sd` with
+    that seed does (per-element generators), with the same scheduler, steps and CFG scale; the empty prompt is the
+    unconditional input (no negative prompt: the paper's SD baseline reads the prompt as it is).
+    """
+    height, width = config.height or default_resolution(pipe)[0], config.width or default_resolution(pipe)[1]
+    uncond = encode_prompts(pipe, [""])
+    out = []
+    with tqdm(total=len(prompts), desc="sd", unit="img", disable=not progress) as bar:
+        for lo in range(0, len(prompts), batch_size):
+            chunk = prompts[lo: lo + batch_size]
+            noise = initial_noise(pipe, len(chunk), height, width, [p.seed for p in chunk])
+            cond = encode_prompts(pipe, [p.prompt for p in chunk])
+            result = denoise(pipe, noise, cond, uncond, config.num_inference_steps, config.guidance_scale,
+                             progress=False)
+            out.append(decode_latents(pipe, result.latents))
+            bar.update(len(chunk))
+    return torch.cat(out)
+
+
+def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: bool = True) -> torch.Tensor:
+    """LMD for every prompt: planner layout → :func:`~lmd_utils.pipeline.generate`; ``(N, 3, H, W)`` in [0, 1]."""
+    out = []
+    bar = tqdm(prompts, desc="lmd", unit="img", disable=not progress)
+    start = time.perf_counter()
+    for i, p in enumerate(bar, start=1):
+        out.append(generate(pipe, plan_layout(p.prompt), seed=p.seed, config=config, progress=False).image)
+        bar.set_postfix_str(f"{(time.perf_counter() - start) / i:.2f} s/img")
+    return torch.stack(out)
+
+
+@dataclass
+class MethodRun:
+    """One method on the toy benchmark: its scores, images (``(N, 3, H, W)`` in [0, 1]), wall and CPU time.
+
+    CPU time (this process, all threads) is what the wall time would be on an idle machine with one thread; on a
+    shared machine the wall time also counts waiting for a core.
+    """
+
+    method: str
+    result: BenchmarkResult
+    images: torch.Tensor
+    seconds: float
+    cpu_seconds: float = float("nan")
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(len(self.images), 1)
+
+    @property
+    def cpu_seconds_per_image(self) -> float:
+        return self.cpu_seconds / max(len(self.images), 1)
+
+    @property
+    def average(self) -> float:
+        return four_task_average(self.result)
+
+
+@dataclass
+class ToyBenchmarkReport:
+    """Every method's run on the same prompts and seeds; :meth:`format` ends with ``overall: sd X% lmd Y%``."""
+
+    prompts: list[ToyPrompt]
+    runs: dict[str, MethodRun]
+    config: LMDConfig
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def format(self, show_failures: bool = False) -> str:
+        lines = []
+        for name, run in self.runs.items():
+            if show_failures:
+                for o in run.result.failures():
+                    lines.append(f"FAILED [{name}] [{o.spec.task}] {o.spec.prompt}: {o.objects}")
+            lines.append(f"[{name}] " + run.result.format_table())
+            lines.append(f"[{name}] 4-task average {run.average:.1f}%; {run.seconds:.0f} s wall "
+                         f"({run.seconds_per_image:.2f} s/image), {run.cpu_seconds:.0f} s CPU "
+                         f"({run.cpu_seconds_per_image:.2f} s/image)")
+            lines.append("")
+        lines.append("overall: " + " ".join(f"{name} {run.average:.1f}%" for name, run in self.runs.items()))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "prompts": [{"task": p.task, "prompt": p.prompt, "seed": p.seed} for p in self.prompts],
+                "runs": {name: {**run.result.to_dict(), "average": run.average, "seconds": run.seconds,
+                                "seconds_per_image": run.seconds_per_image, "cpu_seconds": run.cpu_seconds,
+                                "cpu_seconds_per_image": run.cpu_seconds_per_image}
+                         for name, run in self.runs.items()}}
+
+
+def parse_methods(methods: str | Iterable[str]) -> list[str]:
+    """``"sd,lmd"`` → ``["sd", "lmd"]`` (checked, duplicates dropped)."""
+    names = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {unknown or methods!r}; choose from {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))
+
+
+def run_toy_benchmark(pipe, methods: str | Iterable[str] = METHODS, first_seed: int = REPORT_FIRST_SEED,
+                      n_per_task: int = 100, config: LMDConfig | None = None, batch_size: int = 50,
+                      progress: bool = True) -> ToyBenchmarkReport:
+    """Generate and score the toy benchmark with each method (same prompts, same seeds)."""
+    check_toy_pipeline(pipe)
+    config = config or toy_lmd_config(pipe)
+    prompts = toy_benchmark_prompts(first_seed, n_per_task)
+    runs: dict[str, MethodRun] = {}
+    for method in parse_methods(methods):
+        t0, c0 = time.perf_counter(), time.process_time()
+        if method == "sd":
+            images = plain_images(pipe, prompts, config, batch_size, progress)
+        else:
+            images = lmd_images(pipe, prompts, config, progress)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        runs[method] = MethodRun(method, score_images(prompts, images, method), images, seconds, cpu)
+    meta = {"first_seed": first_seed, "n_per_task": n_per_task, "threads": torch.get_num_threads(),
+            "model": str(getattr(pipe, "name_or_path", "")), "steps": config.num_inference_steps,
+            "guidance_scale": config.guidance_scale}
+    return ToyBenchmarkReport(prompts, runs, config, meta)
+
+
+# =============================================================================================================
+# Calibration
+# =============================================================================================================
+def _both_guidance(key: str, value: Any) -> dict[str, Any]:
+    return {f"per_box_guidance.{key}": value, f"overall_guidance.{key}": value}
+
+
+#: The knobs :func:`calibrate` tries, one at a time, in this order; each value is a set of (dotted) overrides.
+CALIBRATION_KNOBS: dict[str, list[dict[str, Any]]] = {
+    "guidance_scale": [{"guidance_scale": v} for v in (3.0, 4.0, 6.0)],
+    "loss_scale": [_both_guidance("loss_scale", v) for v in (10.0, 40.0, 120.0)],
+    "per_box_schedule": [
+        {"per_box_guidance.iterations": [1], "per_box_guidance.guidance_steps": 6},
+        {"per_box_guidance.iterations": [2, 2, 1, 1, 1, 1, 1, 1], "per_box_guidance.guidance_steps": 8},
+        {"per_box_guidance.iterations": [3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1], "per_box_guidance.guidance_steps": 12},
+    ],
+    "overall_schedule": [
+        {"overall_guidance.guidance_steps": 0},
+        {"overall_guidance.iterations": [1], "overall_guidance.guidance_steps": 6},
+        {"overall_guidance.iterations": [2, 2, 1, 1, 1, 1, 1, 1], "overall_guidance.guidance_steps": 8},
+    ],
+    "loss_threshold": [_both_guidance("loss_threshold", v) for v in (0.0, 0.1, 0.3)],
+    "frozen_ratio": [{"frozen_ratio": v} for v in (0.3, 0.5, 0.7)],
+    "overall_prompt": [{"overall_prompt": v} for v in ("source", "authors")],
+    "placement": [{"placement": v} for v in ("authors", "box")],
+    "num_inference_steps": [{"num_inference_steps": v, "mask_start_step": round(v / 5)} for v in (15, 20, 25)],
+}
+
+
+@dataclass
+class Trial:
+    """One evaluated setting: the LMD 4-task average on the calibration prompts and the CPU time per image."""
+
+    knob: str
+    overrides: dict[str, Any]
+    average: float
+    per_task: dict[str, float]
+    seconds_per_image: float
+
+
+@dataclass
+class CalibrationResult:
+    best: dict[str, Any]
+    trials: list[Trial]
+
+    def format(self) -> str:
+        lines = [f"{'knob':<20} {'average':>8} {'cpu s/img':>9}  per task / overrides"]
+        for t in self.trials:
+            tasks = " ".join(f"{k[:3]} {v:.0f}" for k, v in t.per_task.items())
+            lines.append(f"{t.knob:<20} {t.average:>7.1f}% {t.seconds_per_image:>9.2f}  {tasks}  "
+                         f"{json.dumps(t.overrides)}")
+        return "\n".join(lines)
+
+
+def evaluate_settings(pipe, settings: dict[str, Any], prompts: Sequence[ToyPrompt], progress: bool = False
+                      ) -> tuple[BenchmarkResult, float]:
+    """LMD with ``settings`` on ``prompts``: the scores and the CPU seconds per image (see :class:`MethodRun`)."""
+    config = lmd_config_from_dict(settings)
+    t0 = time.process_time()
+    images = lmd_images(pipe, prompts, config, progress)
+    return score_images(prompts, images, "lmd"), (time.process_time() - t0) / len(prompts)
+
+
+def calibrate(pipe, base: dict[str, Any] | None = None, knobs: dict[str, list[dict[str, Any]]] | None = None,
+              first_seed: int = CALIBRATION_FIRST_SEED, n_per_task: int = 12, max_seconds_per_image: float = 4.0,
+              progress: bool = True) -> CalibrationResult:
+    """Coordinate search: for each knob in turn, try its values with the others at the best so far; keep the
+    value with the highest LMD 4-task average on the calibration prompts (ties: the faster, then the current).
+
+    Values slower than ``max_seconds_per_image`` are skipped (the benchmark's time budget).  Few prompts and one
+    pass over the knobs on purpose: the toy model keeps training, and a fine grid would fit the noise of ~50
+    prompts rather than the model.
+    """
+    check_toy_pipeline(pipe)
+    best = copy.deepcopy(base if base is not None else TOYWORLD_LMD_CONFIG)
+    knobs = knobs if knobs is not None else CALIBRATION_KNOBS
+    prompts = toy_benchmark_prompts(first_seed, n_per_task)
+    trials: list[Trial] = []
+    result, spi = evaluate_settings(pipe, best, prompts)
+    current = Trial("(start)", {}, four_task_average(result), {t: result.accuracy(t) for t in TASKS}, spi)
+    trials.append(current)
+    total = sum(len(v) for v in knobs.values())
+    bar = tqdm(total=total, desc="calibrate", disable=not progress)
+    for knob, values in knobs.items():
+        for overrides in values:
+            bar.update(1)
+            candidate = merged_settings(best, overrides)
+            if candidate == best:
+                continue  # already measured: the current setting
+            result, spi = evaluate_settings(pipe, candidate, prompts)
+            trial = Trial(knob, overrides, four_task_average(result), {t: result.accuracy(t) for t in TASKS}, spi)
+            trials.append(trial)
+            bar.set_postfix_str(f"{knob}: {trial.average:.0f}% (best {current.average:.0f}%)")
+            if spi > max_seconds_per_image:
+                continue
+            if (trial.average, -spi) > (current.average, -current.seconds_per_image):
+                best, current = candidate, trial
+    bar.close()
+    return CalibrationResult(best, trials)
+
+
+# =============================================================================================================
+# Command line: calibration (the benchmark itself is `python -m lmd_utils benchmark stage2`)
+# =============================================================================================================
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..models import load_pipeline
+
+    p = argparse.ArgumentParser(prog="python -m lmd_utils.toyworld.benchmark",
+                                description="Calibrate the toy model's LMD settings on a held-out seed range "
+                                            "(the benchmark: python -m lmd_utils benchmark stage2)")
+    p.add_argument("--calibrate", action="store_true", required=True, help="run the coordinate search")
+    p.add_argument("--model", default="toyworld", help="'toyworld' or a toy-world diffusers folder")
+    p.add_argument("--first-seed", type=int, default=CALIBRATION_FIRST_SEED)
+    p.add_argument("--n-per-task", type=int, default=12)
+    p.add_argument("--knobs", default=None, help=f"comma-separated subset of: {', '.join(CALIBRATION_KNOBS)}")
+    p.add_argument("--max-seconds-per-image", type=float, default=4.0)
+    p.add_argument("--write", type=Path, default=None, help="write the best settings as JSON here "
+                                                            "(e.g. the model folder's lmd_config.json)")
+    args = p.parse_args(argv)
+    pipe = load_pipeline(args.model, device="cpu")
+    knobs = CALIBRATION_KNOBS
+    if args.knobs:
+        names = [k.strip() for k in args.knobs.split(",") if k.strip()]
+        unknown = [k for k in names if k not in CALIBRATION_KNOBS]
+        if unknown:
+            p.error(f"unknown knobs {unknown}")
+        knobs = {k: CALIBRATION_KNOBS[k] for k in names}
+    base = json.loads((Path(pipe.name_or_path) / "lmd_config.json").read_text()) \
+        if (Path(str(pipe.name_or_path)) / "lmd_config.json").exists() else None
+    result = calibrate(pipe, base, knobs, args.first_seed, args.n_per_task, args.max_seconds_per_image)
+    print(result.format())
+    text = json.dumps(result.best, indent=2)
+    print(text)
+    if args.write is not None:
+        args.write.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.write}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["ToyPrompt", "toy_prompt", "toy_benchmark_prompts", "detected_objects", "score_images",
+           "four_task_average", "lmd_config_from_dict", "toy_lmd_config", "merged_settings", "plain_images",
+           "lmd_images", "MethodRun", "ToyBenchmarkReport", "run_toy_benchmark", "parse_methods",
+           "CALIBRATION_KNOBS", "calibrate", "CalibrationResult", "Trial", "evaluate_settings", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

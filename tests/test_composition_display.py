@@ -1,0 +1,98 @@
+"""Measuring and drawing the composition (lmd_utils.composition's notebook-05 helpers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from lmd_utils.composition import (align_to_box, alignment_figure, attention_maps_figure, box_centre_distances,
+                                   compose_latents, frozen_steps_figure, mean_reference_map,
+                                   placement_comparison_figure)
+from lmd_utils.layout import Box
+from lmd_utils.notebook import figure_to_png
+
+RED = Box("a red circle", 0.1, 0.1, 0.4, 0.4)  # centre (0.25, 0.25)
+BLUE = Box("a blue square", 0.6, 0.6, 0.8, 0.8)  # centre (0.7, 0.7)
+
+
+def test_box_centre_distances_match_by_caption_once_each():
+    found = [("a blue square", Box("a blue square", 0.6, 0.7, 0.8, 0.9)),  # 0.1 below its box
+             ("a red circle", Box("a red circle", 0.4, 0.1, 0.7, 0.4))]  # 0.3 right of its box
+    assert box_centre_distances([RED, BLUE], found) == pytest.approx([0.3, 0.1])
+    # a wrongly coloured object does not count; a second red circle has nothing left to match
+    assert box_centre_distances([RED, RED], [("a green circle", RED), ("a red circle", RED)]) == [0.0, 1.0]
+    assert box_centre_distances([RED], [], missing_distance=0.7) == [0.7]
+    # greedy in box order, nearest first: the first box takes the nearer object
+    near, far = Box("a red circle", 0.1, 0.1, 0.4, 0.4), Box("a red circle", 0.1, 0.6, 0.4, 0.9)
+    d = box_centre_distances([RED, RED], [("a red circle", far), ("a red circle", near)])
+    assert d == pytest.approx([0.0, 0.5])
+    with pytest.raises(ValueError):
+        box_centre_distances([RED], [], missing_distance=-1)
+    # a looser match: same colour word, any shape
+    colour = lambda caption: caption.split()[1]  # noqa: E731
+    found = [("a red square", Box("a red square", 0.1, 0.4, 0.4, 0.7))]  # 0.3 below the red circle's box
+    assert box_centre_distances([RED], found) == [1.0]
+    assert box_centre_distances([RED], found, key=colour) == pytest.approx([0.3])
+
+
+def _objects():
+    """Two per-box trajectories (T + 1 = 4 steps) with square masks in the middle, aligned to RED and BLUE."""
+    latents = torch.randn(2, 4, 3, 20, 20)
+    masks = torch.zeros(2, 20, 20, dtype=torch.bool)
+    masks[0, 6:14, 6:14] = True  # 8×8, larger: pasted first
+    masks[1, 8:12, 8:12] = True  # 4×4
+    aligned = [align_to_box(latents[i], masks[i], box) for i, box in enumerate((RED, BLUE))]
+    return latents, masks, aligned
+
+
+def test_alignment_figure_shows_shifts_and_paste_order():
+    latents, masks, aligned = _objects()
+    fig = alignment_figure(latents[:, -1], masks, aligned, [RED, BLUE], generation_boxes=[RED, BLUE])
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert "(dx, dy) = (-5, -5)" in fig.axes[0].get_title()  # centre 10 → 5 on a 20-cell grid
+    assert "a red circle → a blue square" in fig.axes[2].get_title()  # largest first
+    assert figure_to_png(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError):
+        alignment_figure(latents[:, -1], masks, aligned[:1], [RED, BLUE])
+
+
+def test_frozen_steps_figure_marks_the_frozen_steps():
+    latents, masks, aligned = _objects()
+    composed, union = compose_latents(torch.zeros(4, 3, 20, 20), torch.stack([a.latents for a in aligned]),
+                                      torch.stack([a.mask for a in aligned]))
+    fig = frozen_steps_figure(composed, composed[:, None], union, frozen_steps=2, steps=4)
+    assert len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["step 0", "step 1 (frozen)", "step 2 (frozen)", "step 3"]
+    with pytest.raises(ValueError):
+        frozen_steps_figure(composed, composed[:3], union, frozen_steps=2)
+
+
+def test_placement_comparison_figure_titles_the_mean_distance():
+    images = {"LMD": torch.rand(3, 32, 32), "plain": torch.rand(3, 32, 32)}
+    found = {"LMD": [("a red circle", RED), ("a blue square", BLUE)], "plain": [("a red circle", BLUE)]}
+    fig = placement_comparison_figure([RED, BLUE], images, found)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "LMD\nmean distance 0.00"
+    d = box_centre_distances([RED, BLUE], found["plain"])
+    assert titles[1] == f"plain\nmean distance {sum(d) / 2:.2f}"
+    assert len(fig.axes[0].patches) == 4  # 2 wanted (dashed) + 2 found (solid)
+    assert len(placement_comparison_figure([RED], images, ncols=1).axes) == 2
+    by_colour = placement_comparison_figure([RED, BLUE], images, {"plain": [("a blue circle", BLUE)]},
+                                            key=lambda caption: caption.split()[1])
+    assert by_colour.axes[1].get_title() == "plain\nmean distance 0.50"  # the blue circle counts as the blue one
+    with pytest.raises(ValueError):
+        placement_comparison_figure([RED], {})
+
+
+def test_mean_reference_map_and_attention_maps_figure():
+    ref = {("a", 0): torch.ones(4, 8, 8), ("b", 0): torch.zeros(2, 4, 4), ("a", 1): torch.ones(4, 8, 8)}
+    m = mean_reference_map(ref, (16, 16))
+    assert m.shape == (16, 16) and torch.allclose(m, torch.full((16, 16), 2 / 3))
+    with pytest.raises(ValueError):
+        mean_reference_map({}, (8, 8))
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 1:4, 1:4] = 1.0  # all of it inside RED (cells 1..3)
+    maps[1, 0:5, 0:5] = 1.0  # none inside BLUE
+    fig = attention_maps_figure(maps, [RED, BLUE])
+    assert [ax.get_title().split("\n")[1] for ax in fig.axes] == ["100% inside its box", "0% inside its box"]

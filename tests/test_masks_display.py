@@ -1,0 +1,77 @@
+"""The threshold sweep and the picture helpers of lmd_utils.masks (notebook 04)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from lmd_utils.layout import Box
+from lmd_utils.masks import (mask_figure, point_prompt_figure, threshold_object_mask, threshold_sweep,
+                             threshold_sweep_figure)
+from lmd_utils.notebook import figure_to_png
+
+BOX = Box("a red circle", 0.25, 0.25, 0.75, 0.75)
+
+
+def _blob(size: int = 16, centre: tuple[float, float] = (8.0, 8.0), width: float = 2.5) -> torch.Tensor:
+    """A Gaussian bump of attention: the shape an object word's map has."""
+    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    return torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * width**2))
+
+
+def test_sweep_masks_are_nested_and_match_the_threshold_route():
+    amap = _blob()
+    thresholds = [0.1, 0.25, 0.5, 0.75, 0.9]
+    masks = threshold_sweep(amap, BOX, (32, 32), thresholds)
+    assert masks.shape == (5, 32, 32) and masks.dtype == torch.bool
+    areas = masks.flatten(1).sum(1).tolist()
+    assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0  # higher threshold, fewer cells
+    for wider, narrower in zip(masks[:-1], masks[1:]):
+        assert not (narrower & ~wider).any()  # nested
+    inside = BOX.mask(32, 32, dtype=torch.bool)
+    assert not (masks & ~inside).any()  # never outside the box
+    expected = threshold_object_mask(amap, BOX, (32, 32), method="normalized", threshold=0.25).latent_mask
+    assert torch.equal(masks[1], expected)
+    with pytest.raises(ValueError):
+        threshold_sweep(amap, BOX, (32, 32), [])
+
+
+def test_mask_figure_reports_area_and_iou_with_the_reference():
+    amap = _blob()
+    reference = BOX.mask(32, 32, dtype=torch.bool)
+    fig = mask_figure(amap, BOX, (32, 32), threshold=0.25, image=torch.rand(3, 32, 32), reference=reference)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    mask = threshold_sweep(amap, BOX, (32, 32), [0.25])[0]
+    iou = mask.sum().item() / reference.sum().item()  # the mask lies inside the reference box here
+    title = fig.axes[2].get_title()
+    assert f"{int(mask.sum())} cells" in title and f"{iou:.2f}" in title
+    sam = torch.zeros(64, 64, dtype=torch.bool)
+    sam[20:40, 20:40] = True
+    fig = mask_figure(amap, BOX, (32, 32), image=torch.rand(3, 64, 64), sam_mask=sam)
+    assert len(fig.axes) == 4 and fig.axes[3].get_title() == "SAM mask (400 px)"
+    fallback = mask_figure(amap, BOX, (32, 32), sam_mask=sam, sam_label="coarse-fallback")
+    assert fallback.axes[3].get_title() == "coarse-fallback (400 px)"
+    assert figure_to_png(fig).startswith(b"\x89PNG")
+
+
+def test_threshold_sweep_figure_plots_area_and_iou():
+    amap = _blob()
+    reference = BOX.mask(32, 32, dtype=torch.bool)
+    fig = threshold_sweep_figure(amap, BOX, (32, 32), thresholds=(0.1, 0.5, 0.9), reference=reference)
+    assert len(fig.axes) == 4
+    lines = fig.axes[-1].get_lines()
+    assert [line.get_label() for line in lines] == ["mask area / box area", "IoU with reference"]
+    area = lines[0].get_ydata()
+    assert list(area) == sorted(area, reverse=True) and max(area) <= 1.0
+
+
+def test_point_prompt_figure_marks_the_attention_peak():
+    maps = torch.stack([_blob(centre=(3.5, 3.5)), _blob(centre=(12.5, 10.5))])  # peaks on cells (3, 3), (10, 12)
+    fig = point_prompt_figure(maps, [torch.rand(3, 32, 32)] * 2, boxes=[BOX, BOX], titles=["a", "b"])
+    assert len(fig.axes) == 2
+    stars = [ax.get_lines()[0].get_xydata()[0].tolist() for ax in fig.axes]
+    # the peak cell's centre on the 32×32 image (2 pixels per cell): x = 2·(col + 0.5), y = 2·(row + 0.5)
+    assert stars == [[7.0, 7.0], [25.0, 21.0]]
+    with pytest.raises(ValueError):
+        point_prompt_figure(maps, [torch.rand(3, 32, 32)])
