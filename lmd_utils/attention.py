@@ -65,12 +65,13 @@ def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]
 
 
 def resolve_layers(unet: torch.nn.Module, layers: str | Sequence[str]) -> dict[str, torch.nn.Module]:
-    """Map layer names or prefixes (or ``"all"``) to the cross-attention modules they select, in UNet order."""
+    """Map layer names or prefixes (or ``"all"``, alone or inside the sequence) to the cross-attention modules they
+    select, in UNet order."""
     modules = cross_attention_modules(unet)
     if isinstance(layers, str):
-        if layers == ALL_LAYERS:
-            return modules
         layers = (layers,)
+    if ALL_LAYERS in layers:
+        return modules
     chosen: dict[str, torch.nn.Module] = {}
     for layer in layers:
         hits = [n for n in modules if n == layer or n.startswith(layer.rstrip(".") + ".")]
@@ -83,10 +84,10 @@ def resolve_layers(unet: torch.nn.Module, layers: str | Sequence[str]) -> dict[s
 
 
 def _matches(name: str, layers: str | Sequence[str] | None) -> bool:
-    if layers is None or layers == ALL_LAYERS:
-        return True
     if isinstance(layers, str):
         layers = (layers,)
+    if layers is None or ALL_LAYERS in layers:
+        return True
     return any(name == l or name.startswith(l.rstrip(".") + ".") for l in layers)
 
 

@@ -109,17 +109,29 @@ class LMDConfig:
         folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
         if folder.is_dir() and (folder / "lmd_config.json").exists():
             settings = json.loads((folder / "lmd_config.json").read_text())
+        return cls.from_dict({**settings, **overrides})
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> "LMDConfig":
+        """An ``LMDConfig`` from an ``lmd_config.json``-style dict: guidance settings as nested dicts, JSON lists for
+        tuples, a layer selection as a list of prefixes or the string ``"all"``.  Unknown keys raise ``TypeError``."""
+        s = dict(settings)
         for key in ("per_box_guidance", "overall_guidance"):
-            if isinstance(settings.get(key), dict):
-                g = dict(settings[key])
-                for tup in ("iterations", "layers"):
-                    if tup in g:
-                        g[tup] = tuple(g[tup])
-                settings[key] = GuidanceConfig(**g)
-        if isinstance(settings.get("mask_layers"), list):
-            settings["mask_layers"] = tuple(settings["mask_layers"])
-        settings.update(overrides)
-        return cls(**settings)
+            if isinstance(s.get(key), dict):
+                g = dict(s[key])
+                if "iterations" in g:
+                    g["iterations"] = tuple(g["iterations"])
+                if "layers" in g:
+                    g["layers"] = _layer_tuple(g["layers"])
+                s[key] = GuidanceConfig(**g)
+        if isinstance(s.get("mask_layers"), list):
+            s["mask_layers"] = tuple(s["mask_layers"])
+        return cls(**s)
+
+
+def _layer_tuple(layers: str | Sequence[str]) -> tuple[str, ...]:
+    """``"all"`` or ``"mid_block"`` → a one-element tuple (not a tuple of characters); a list → a tuple."""
+    return (layers,) if isinstance(layers, str) else tuple(layers)
 
 
 def default_layers(unet) -> tuple[tuple[str, ...] | str, tuple[str, ...] | str]:
@@ -236,7 +248,7 @@ def _resolution(pipe, config: LMDConfig) -> tuple[int, int]:
 
 
 def _guidance_config(config: GuidanceConfig, layers) -> GuidanceConfig:
-    return config if config.layers else replace(config, layers=layers if isinstance(layers, tuple) else (layers,))
+    return config if config.layers else replace(config, layers=_layer_tuple(layers))
 
 
 def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise: torch.Tensor,

@@ -168,6 +168,7 @@ def test_keep_grad_gives_differentiable_maps(pipe, inputs):
 def test_resolve_layers(pipe):
     assert len(cross_attention_modules(pipe.unet)) == 16
     assert len(resolve_layers(pipe.unet, "all")) == 16
+    assert len(resolve_layers(pipe.unet, ("all",))) == 16  # "all" inside a sequence (a JSON list) selects all
     full = "up_blocks.1.attentions.2.transformer_blocks.0.attn2"
     assert list(resolve_layers(pipe.unet, [full])) == [full]
     assert list(resolve_layers(pipe.unet, "up_blocks.1.attentions.2")) == [full]

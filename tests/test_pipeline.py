@@ -40,6 +40,18 @@ def test_sd_shaped_unet_gets_the_authors_layers(pipe):
     assert default_layers(pipe.unet) == (GUIDANCE_LAYERS, MASK_LAYERS)
 
 
+def test_config_from_json_style_dict():
+    config = LMDConfig.from_dict({"num_inference_steps": 7, "mask_layers": ["mid_block"],
+                                  "per_box_guidance": {"iterations": [2, 1], "layers": "all"},
+                                  "overall_guidance": {"layers": ["mid_block", "up_blocks.1"]}})
+    assert config.num_inference_steps == 7 and config.mask_layers == ("mid_block",)
+    assert config.per_box_guidance.iterations == (2, 1)
+    assert config.per_box_guidance.layers == ("all",)  # not ("a", "l", "l")
+    assert config.overall_guidance.layers == ("mid_block", "up_blocks.1")
+    with pytest.raises(TypeError):
+        LMDConfig.from_dict({"no_such_setting": 1})
+
+
 def test_config_scales_the_schedule_with_the_steps(config):
     assert config.num_inference_steps == 6
     assert config.per_box_guidance.guidance_steps == round(30 * 6 / 50)

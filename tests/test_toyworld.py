@@ -99,6 +99,11 @@ def test_detector_reads_tensors_and_ignores_small_noise():
     noisy[0, 0] = COLOURS["red"] if scene.objects[0].colour != "red" else COLOURS["blue"]  # one stray pixel
     assert matches_scene(detect(noisy), scene)
     assert matches_scene(detect(scene.tensor()), scene)  # [-1, 1] tensor round trip
+    decoded = (scene.tensor() + 1) / 2  # what decode_latents / LMDResult.image give: [0, 1]
+    assert matches_scene(detect(decoded, value_range=(0, 1)), scene)
+    assert not matches_scene(detect(decoded), scene)  # read as [-1, 1] the colours wash out: the range matters
+    with pytest.raises(ValueError, match="value_range"):
+        detect(decoded, value_range=(1, 0))
     assert np.array_equal(tensor_to_images(images_to_tensor([scene.image]))[0], scene.image)
     assert [p for p, _ in detect_boxes(scene.image)] == [d.phrase for d in detect(scene.image)]
 

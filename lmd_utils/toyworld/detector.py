@@ -49,20 +49,26 @@ class Detection:
         return object_phrase(self.colour, self.shape)
 
 
-def as_uint8_image(image) -> np.ndarray:
+def as_uint8_image(image, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """``(H, W, 3)`` uint8 from a PIL image, a uint8 array, a float array in [0, 1], or a torch tensor.
 
-    Torch tensors are taken as the toy model's pixel-space latents: ``(3, H, W)`` or ``(H, W, 3)`` in [-1, 1].
+    Torch tensors, ``(3, H, W)`` or ``(H, W, 3)``, are read in ``value_range``: by default [-1, 1], the toy model's
+    pixel-space latents (``per_box.latents[-1, i]``); pass ``value_range=(0, 1)`` for decoded images such as
+    ``LMDResult.image`` or ``decode_latents(...)``.  Reading a [0, 1] image as [-1, 1] would wash every colour
+    towards grey and the detector would silently find nothing, so the range is an explicit argument.
     """
     if isinstance(image, torch.Tensor):
-        x = image.detach()
+        lo, hi = (float(v) for v in value_range)
+        if not hi > lo:
+            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+        x = image.detach().float()
         if x.ndim != 3:
             raise ValueError(f"expected one image, got a tensor of shape {tuple(x.shape)}")
         if x.shape[0] == 3 and x.shape[-1] != 3:
             x = x.unsqueeze(0)
         else:
             x = x.permute(2, 0, 1).unsqueeze(0)
-        return tensor_to_images(x)[0]
+        return tensor_to_images((x - lo) / (hi - lo) * 2 - 1)[0]
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
@@ -136,13 +142,15 @@ def classify_shape(fill: float, taper: float) -> str:
     return "circle"
 
 
-def detect(image, tolerance: float = 100.0, min_pixels: int = 6) -> list[Detection]:
+def detect(image, tolerance: float = 100.0, min_pixels: int = 6,
+           value_range: tuple[float, float] = (-1.0, 1.0)) -> list[Detection]:
     """All objects in a toy-world image, top-to-bottom then left-to-right.
 
+    ``image``: anything :func:`as_uint8_image` reads (tensors in ``value_range``, [-1, 1] by default);
     ``tolerance``: largest RGB distance from a palette colour that still counts as that colour;
     ``min_pixels``: smaller components are treated as noise (generated images have stray pixels).
     """
-    img = as_uint8_image(image)
+    img = as_uint8_image(image, value_range)
     h, w = img.shape[:2]
     labels = colour_labels(img, tolerance)
     found: list[Detection] = []
