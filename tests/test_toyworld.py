@@ -194,8 +194,12 @@ def test_training_smoke_resume_equals_uninterrupted_and_export_reloads(tmp_path)
     assert [row.split(",")[0] for row in lines[1:]] == ["1", "2", "3"]
     assert np.isfinite([float(row.split(",")[3]) for row in lines[1:]]).all()
 
+    assert [(h["from_step"], h["to_step"]) for h in split["history"]] == [(0, 2), (2, 3)]  # one entry per launch
+    assert all(h["lr"] == 5e-4 and h["threads"] >= 1 and h["hours"] >= 0 for h in split["history"])
     folder = export_checkpoint(tmp_path / "split", tmp_path / "model")
-    assert (folder / "README.md").read_text().count("3 at batch 4") == 1
+    card = (folder / "README.md").read_text()
+    assert card.count("3 at batch 4") == 1
+    assert "| 0–2 | 0.0005 |" in card and "| 2–3 | 0.0005 |" in card  # the card lists the training parts
     pipe = StableDiffusionPipeline.from_pretrained(folder, vae=None, safety_checker=None)
     ema = split["ema"]["shadow_params"]
     reloaded = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())

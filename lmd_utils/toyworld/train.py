@@ -146,6 +146,8 @@ class Trainer:
         self.step, self.elapsed_s = 0, 0.0
         self.recent_losses: list[float] = []
         self.stop_requested = False
+        #: one entry per training part (each launch of :meth:`train`): steps, learning rate, threads, device, hours
+        self.history: list[dict] = []
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self, args: dict | None = None) -> dict:
@@ -155,7 +157,7 @@ class Trainer:
             "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "recent_losses": self.recent_losses[-200:], "args": args or {},
+            "recent_losses": self.recent_losses[-200:], "args": args or {}, "history": self.history,
             "machine": machine_description(),
         }
 
@@ -166,6 +168,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
         self.recent_losses = list(state.get("recent_losses", []))
+        self.history = [dict(part) for part in state.get("history", [])]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
@@ -259,6 +262,10 @@ class Trainer:
         """
         deadline = None if max_minutes is None else time.monotonic() + max_minutes * 60
         self.out.mkdir(parents=True, exist_ok=True)
+        part = {"from_step": self.step, "to_step": self.step, "lr": self.lr, "threads": torch.get_num_threads(),
+                "device": str(self.device), "hours": 0.0}
+        self.history.append(part)
+        part_start_s = self.elapsed_s
         log_path = self.out / "loss.csv"
         new_log = not log_path.exists()
         last_ckpt = time.monotonic()
@@ -275,6 +282,7 @@ class Trainer:
                     total, diffusion, attention = self.train_step()
                     dt = time.perf_counter() - t0
                     self.elapsed_s += dt
+                    part.update(to_step=self.step, hours=round((self.elapsed_s - part_start_s) / 3600, 3))
                     if self.step % log_every == 0:
                         writer.writerow([self.step, f"{self.elapsed_s:.1f}", f"{dt:.3f}", f"{total:.5f}",
                                          f"{diffusion:.5f}", f"{attention:.5f}",
@@ -368,6 +376,21 @@ Training command (resumable; the data stream is a function of seed and step):
     {command}
 
 Export: `python -m lmd_utils.toyworld.train --out <run folder> --export <this folder>`.
+{_history_table(state.get("history", []))}"""
+
+
+def _history_table(history: Sequence[dict]) -> str:
+    """The training parts (each ``--resume`` launch) as a markdown table; empty when none were recorded."""
+    if not history:
+        return ""
+    rows = "\n".join(f"| {h['from_step']}–{h['to_step']} | {h['lr']:g} | {h['threads']} | {h['device']} | "
+                     f"{h['hours']:.2f} |" for h in history if h["to_step"] > h["from_step"])
+    return f"""
+Training parts (one per launch of the script):
+
+| steps | learning rate | torch threads | device | hours |
+|---|---|---|---|---|
+{rows}
 """
 
 
