@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 import torch
 
 from .layout import Box
+from .masks import draw_box, frame_axes, outline_mask
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure
@@ -341,34 +342,6 @@ def _rgb(latents: torch.Tensor, pixel_space: bool) -> torch.Tensor:
     return latents_to_rgb(latents, pixel_space)
 
 
-def _box_patch(ax, box: Box, height: int, width: int, colour, style: str = "-", label: str | None = None) -> None:
-    from matplotlib.patches import Rectangle
-
-    ax.add_patch(Rectangle((box.x0 * width, box.y0 * height), box.width * width, box.height * height, fill=False,
-                           edgecolor=colour, linestyle=style, linewidth=1.5, label=label))
-
-
-def _mask_outline(ax, mask, height: int, width: int, colour: str = "white") -> None:
-    """Outline a ``(height, width)`` 0/1 mask along its cell edges (contour of a nearest-upsampled copy)."""
-    import numpy as np
-
-    m = np.asarray(mask, dtype=np.float32)
-    if not m.any() or m.all():
-        return
-    k = 8
-    up = np.kron(m, np.ones((k, k), dtype=np.float32))
-    ax.contour((np.arange(width * k) + 0.5) / k, (np.arange(height * k) + 0.5) / k, up, levels=[0.5],
-               colors=colour, linewidths=0.8)
-
-
-def _plain_axes(ax, height: int, width: int, title: str) -> None:
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
-
-
 def alignment_figure(
     per_box_latents: torch.Tensor,
     masks: torch.Tensor,
@@ -404,14 +377,14 @@ def alignment_figure(
         layer[..., 3] = masks[i].float() * 0.45
         ax.imshow(layer.numpy(), extent=(0, w, h, 0), interpolation="nearest")
         if generation_boxes is not None:
-            _box_patch(ax, generation_boxes[i], h, w, "gold")
+            draw_box(ax, generation_boxes[i], h, w, "gold")
         if masks[i].any():
             cx, cy = center_of_mass(masks[i])
             s = aligned[i].shift.on_grid(h, w)
             ax.annotate("", xy=(cx + s.dx, cy + s.dy), xytext=(cx, cy),
                         arrowprops=dict(arrowstyle="->", color="white", linewidth=1.5))
-        _box_patch(ax, target_boxes[i], h, w, colours(i % 10), "--")
-        _plain_axes(ax, h, w, f"{target_boxes[i].phrase}\nshift (dx, dy) = ({aligned[i].shift.dx}, "
+        draw_box(ax, target_boxes[i], h, w, colours(i % 10), "--")
+        frame_axes(ax, h, w, f"{target_boxes[i].phrase}\nshift (dx, dy) = ({aligned[i].shift.dx}, "
                               f"{aligned[i].shift.dy})")
     ax = axes[-1]
     on_top = foreground_indices(torch.stack([a.mask for a in aligned]))
@@ -421,8 +394,8 @@ def alignment_figure(
     ax.imshow(canvas.numpy(), extent=(0, w, h, 0), interpolation="nearest")
     order = paste_order(torch.stack([a.mask for a in aligned])).tolist()
     for i in range(n):
-        _box_patch(ax, target_boxes[i], h, w, colours(i % 10), "--")
-    _plain_axes(ax, h, w, "aligned masks; paste order\n" + " → ".join(target_boxes[i].phrase for i in order))
+        draw_box(ax, target_boxes[i], h, w, colours(i % 10), "--")
+    frame_axes(ax, h, w, "aligned masks; paste order\n" + " → ".join(target_boxes[i].phrase for i in order))
     return fig
 
 
@@ -461,9 +434,9 @@ def frozen_steps_figure(
         for c, k in enumerate(chosen):
             ax = axes[r, c]
             ax.imshow(rgb[c].numpy(), extent=(0, w, h, 0), interpolation="nearest")
-            _mask_outline(ax, m, h, w)
+            outline_mask(ax, m, h, w, linewidth=0.8)
             frozen = 1 <= k <= frozen_steps
-            _plain_axes(ax, h, w, (f"step {k}" + (" (frozen)" if frozen else "")) if r == 0 else "")
+            frame_axes(ax, h, w, (f"step {k}" + (" (frozen)" if frozen else "")) if r == 0 else "")
             if frozen and r == 1:
                 for spine in ax.spines.values():
                     spine.set_edgecolor("tab:blue")
@@ -500,14 +473,14 @@ def placement_comparison_figure(
         ax.imshow(image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy(), extent=(0, W, H, 0),
                   interpolation="nearest")
         for b in boxes:
-            _box_patch(ax, b, H, W, "white", "--")
+            draw_box(ax, b, H, W, "white", "--")
         title = name
         if found is not None and name in found:
             for phrase, b in found[name]:
-                _box_patch(ax, b, H, W, "lime" if key(phrase) in wanted else "magenta")
+                draw_box(ax, b, H, W, "lime" if key(phrase) in wanted else "magenta")
             d = box_centre_distances(boxes, found[name], key=key)
             title += f"\nmean distance {sum(d) / max(len(d), 1):.2f}"
-        _plain_axes(ax, H, W, title)
+        frame_axes(ax, H, W, title)
     for ax in axes[len(images):]:
         ax.set_visible(False)
     return fig
@@ -543,6 +516,6 @@ def attention_maps_figure(maps: torch.Tensor, boxes: Sequence[Box], titles: Sequ
         m = maps[i].detach().float().cpu()
         share = float((m * box.mask(h, w)).sum() / m.sum().clamp(min=1e-12))
         ax.imshow(m.numpy(), cmap="magma", extent=(0, w, h, 0), interpolation="nearest")
-        _box_patch(ax, box, h, w, "white", "--")
-        _plain_axes(ax, h, w, f"{titles[i] if titles is not None else box.phrase}\n{share:.0%} inside its box")
+        draw_box(ax, box, h, w, "white", "--")
+        frame_axes(ax, h, w, f"{titles[i] if titles is not None else box.phrase}\n{share:.0%} inside its box")
     return fig

@@ -682,11 +682,13 @@ def _image_hw3(image: Any) -> np.ndarray:
     return as_uint8_image(image).astype(np.float32) / 255.0
 
 
-def _draw_box(ax, box: Box, height: int, width: int, colour: str = "white", style: str = "-") -> None:
+def draw_box(ax, box: Box, height: int, width: int, colour: Any = "white", style: str = "-",
+             label: str | None = None) -> None:
+    """``box`` as an unfilled rectangle over a ``height``×``width`` frame (also used by composition's figures)."""
     from matplotlib.patches import Rectangle
 
     ax.add_patch(Rectangle((box.x0 * width, box.y0 * height), box.width * width, box.height * height,
-                           fill=False, edgecolor=colour, linestyle=style, linewidth=1.5))
+                           fill=False, edgecolor=colour, linestyle=style, linewidth=1.5, label=label))
 
 
 def _overlay(ax, mask: torch.Tensor, height: int, width: int, colour=(0.0, 1.0, 1.0), alpha: float = 0.3,
@@ -697,15 +699,25 @@ def _overlay(ax, mask: torch.Tensor, height: int, width: int, colour=(0.0, 1.0, 
     layer[..., :3] = colour
     layer[..., 3] = m * alpha
     ax.imshow(layer, extent=(0, width, height, 0), interpolation="nearest")
-    if m.any() and not m.all():
-        k = 8  # contour a nearest-upsampled copy so the outline follows cell edges, not cell centres
-        up = np.kron(m, np.ones((k, k), dtype=np.float32))
-        ys = (np.arange(up.shape[0]) + 0.5) * height / up.shape[0]
-        xs = (np.arange(up.shape[1]) + 0.5) * width / up.shape[1]
-        ax.contour(xs, ys, up, levels=[0.5], colors=[colour], linewidths=1.5, linestyles=linestyle)
+    outline_mask(ax, m, height, width, colour, linestyle=linestyle)
 
 
-def _frame(ax, height: int, width: int, title: str) -> None:
+def outline_mask(ax, mask, height: int, width: int, colour: Any = "white", linewidth: float = 1.5,
+                 linestyle: str = "solid") -> None:
+    """Outline a 0/1 mask drawn over a ``height``×``width`` frame along its cell edges (nothing when it is empty
+    or full).  Also used by :mod:`lmd_utils.composition`'s figures."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+    if not m.any() or m.all():
+        return
+    k = 8  # contour a nearest-upsampled copy so the outline follows cell edges, not cell centres
+    up = np.kron(m, np.ones((k, k), dtype=np.float32))
+    ys = (np.arange(up.shape[0]) + 0.5) * height / up.shape[0]
+    xs = (np.arange(up.shape[1]) + 0.5) * width / up.shape[1]
+    ax.contour(xs, ys, up, levels=[0.5], colors=[colour], linewidths=linewidth, linestyles=linestyle)
+
+
+def frame_axes(ax, height: int, width: int, title: str) -> None:
+    """A ``height``×``width`` frame (origin top left) without ticks, with a small title."""
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_xticks([])
@@ -750,28 +762,28 @@ def mask_figure(
     fig = Figure(figsize=(size * panels, size + 0.7), layout="constrained")
     axes = fig.subplots(1, panels)
     axes[0].imshow(amap[0].float().cpu().numpy(), cmap="magma", extent=(0, w, h, 0), interpolation="nearest")
-    _draw_box(axes[0], box, h, w)
-    _frame(axes[0], h, w, f"attention A_i ({amap.shape[-2]}×{amap.shape[-1]})")
+    draw_box(axes[0], box, h, w)
+    frame_axes(axes[0], h, w, f"attention A_i ({amap.shape[-2]}×{amap.shape[-1]})")
     axes[1].imshow(normalised.numpy(), cmap="magma", vmin=0, vmax=1, extent=(0, w, h, 0))
     axes[1].contour(np.arange(w) + 0.5, np.arange(h) + 0.5, normalised.numpy(), levels=[threshold],
                     colors="cyan", linewidths=1.2)
-    _draw_box(axes[1], box, h, w)
-    _frame(axes[1], h, w, f"smoothed, normalised in box\ncontour at {threshold:.2f}")
+    draw_box(axes[1], box, h, w)
+    frame_axes(axes[1], h, w, f"smoothed, normalised in box\ncontour at {threshold:.2f}")
     if image is not None:
         axes[2].imshow(_image_hw3(image), extent=(0, w, h, 0))
     _overlay(axes[2], mask, h, w)
-    _draw_box(axes[2], box, h, w)
+    draw_box(axes[2], box, h, w)
     caption = f"mask (cyan) > {threshold:.2f}: {int(mask.sum())} cells"
     if reference is not None:
         _overlay(axes[2], reference.bool(), h, w, colour=(1.0, 0.85, 0.0), alpha=0.0, linestyle="dashed")
         caption += f"\nIoU with reference (dashed) {float(mask_iou(mask, reference.bool()[None])[0]):.2f}"
-    _frame(axes[2], h, w, caption)
+    frame_axes(axes[2], h, w, caption)
     if sam_mask is not None:
         if image is not None:
             axes[3].imshow(_image_hw3(image), extent=(0, w, h, 0))
         _overlay(axes[3], sam_mask.bool(), h, w, colour=(0.2, 1.0, 0.2))
-        _draw_box(axes[3], box, h, w)
-        _frame(axes[3], h, w, f"{sam_label} ({int(sam_mask.sum())} px)")
+        draw_box(axes[3], box, h, w)
+        frame_axes(axes[3], h, w, f"{sam_label} ({int(sam_mask.sum())} px)")
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
@@ -800,8 +812,8 @@ def threshold_sweep_figure(
         if image is not None:
             ax.imshow(_image_hw3(image), extent=(0, w, h, 0))
         _overlay(ax, m, h, w)
-        _draw_box(ax, box, h, w)
-        _frame(ax, h, w, f"> {t:.2f}: {int(m.sum())} cells")
+        draw_box(ax, box, h, w)
+        frame_axes(ax, h, w, f"> {t:.2f}: {int(m.sum())} cells")
     ax = axes[-1]
     ax.plot(list(thresholds), (masks.flatten(1).sum(1).float() / max(int(box.mask(h, w).sum()), 1)).tolist(),
             "o-", label="mask area / box area")
@@ -849,8 +861,8 @@ def point_prompt_figure(
         ax.imshow(image, extent=(0, W, H, 0))
         _overlay(ax, coarse, H, W)
         if boxes is not None:
-            _draw_box(ax, boxes[i], H, W)
+            draw_box(ax, boxes[i], H, W)
         ax.plot([x], [y], marker="*", markersize=14, color="yellow", markeredgecolor="black")
         name = titles[i] if titles is not None else f"object {i}"
-        _frame(ax, H, W, f"{name}\npoint ({x:.1f}, {y:.1f}), coarse mask")
+        frame_axes(ax, H, W, f"{name}\npoint ({x:.1f}, {y:.1f}), coarse mask")
     return fig

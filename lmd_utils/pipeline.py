@@ -554,7 +554,7 @@ def prompt_grid_figure(
 
     from matplotlib.figure import Figure
 
-    from .composition import _box_patch
+    from .masks import draw_box
 
     n = len(prompts)
     if n == 0 or len(layouts) != n:
@@ -575,9 +575,9 @@ def prompt_grid_figure(
             ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, W, H, 0), interpolation="nearest")
             wanted = set(layouts[c].phrases)
             for b in layouts[c].boxes:
-                _box_patch(ax, b, H, W, "white", "--")
+                draw_box(ax, b, H, W, "white", "--")
             for phrase, b in (found or {}).get(method, [[]] * n)[c]:
-                _box_patch(ax, b, H, W, "lime" if phrase in wanted else "magenta")
+                draw_box(ax, b, H, W, "lime" if phrase in wanted else "magenta")
             ax.set_xlim(0, W)
             ax.set_ylim(H, 0)
             ax.set_xticks([])
