@@ -559,7 +559,8 @@ def attention_grid_figure(maps: torch.Tensor, labels: Sequence[str], image=None,
     Returns a :class:`matplotlib.figure.Figure` not registered with pyplot.
     """
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+
+    from .layout import draw_box
 
     if maps.ndim != 3:
         raise ValueError(f"maps must be (tokens, H, W), got {tuple(maps.shape)}")
@@ -588,8 +589,7 @@ def attention_grid_figure(maps: torch.Tensor, labels: Sequence[str], image=None,
         else:
             ax.imshow(shown[i].numpy(), extent=(0, w, h, 0), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         for b in boxes:
-            ax.add_patch(Rectangle((b.x0 * w, b.y0 * h), b.width * w, b.height * h, fill=False,
-                                   edgecolor="cyan", linewidth=1.5))
+            draw_box(ax, b, h, w, "cyan")
         ax.set_title(labels[i], fontsize=9)
         if not shared_scale:
             ax.set_xlabel(f"max {float(maps[i].max()):.2f}", fontsize=7, color="0.35", labelpad=1)

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 
 import torch
 
-from .layout import Box
-from .masks import draw_box, frame_axes, outline_mask
+from .layout import Box, draw_box
+from .masks import frame_axes, outline_mask
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure

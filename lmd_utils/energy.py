@@ -222,7 +222,8 @@ def image_grid_figure(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequ
     ``notes[row][column]`` (optional) is written under each picture (e.g. the energy it reached).
     """
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+
+    from .layout import draw_box
 
     rows = [list(r) for r in images]
     if not rows or len(rows) != len(row_labels) or any(len(r) != len(column_labels) for r in rows):
@@ -239,8 +240,7 @@ def image_grid_figure(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequ
             h, w = img.shape[:2]
             ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
             for b in boxes:
-                ax.add_patch(Rectangle((b.x0 * w, b.y0 * h), b.width * w, b.height * h, fill=False,
-                                       edgecolor="white", linewidth=1.2, linestyle="--"))
+                draw_box(ax, b, h, w, "white", "--", linewidth=1.2)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -113,6 +113,21 @@ def _grid_span(lo: float, hi: float, n: int) -> tuple[int, int]:
     return a, b
 
 
+def draw_box(ax, box: Box, height: float, width: float, colour: Any = "white", style: str = "-",
+             label: str | None = None, linewidth: float = 1.5, offset: float = 0.0) -> None:
+    """Outline ``box`` (normalised) on a ``height``×``width`` frame whose origin is the top-left corner.
+
+    Pictures drawn with ``imshow(..., extent=(0, width, height, 0))`` need ``offset=0``; plain ``imshow`` puts
+    pixel centres on integers, so its frame starts at −0.5: pass ``offset=-0.5``.  Every figure in the package
+    draws its boxes with this function.
+    """
+    from matplotlib.patches import Rectangle
+
+    ax.add_patch(Rectangle((box.x0 * width + offset, box.y0 * height + offset), box.width * width,
+                           box.height * height, fill=False, edgecolor=colour, linestyle=style,
+                           linewidth=linewidth, label=label))
+
+
 @dataclass
 class Layout:
     """Boxes with captions, a background prompt and a negative prompt (paper §3.1).
@@ -260,9 +275,9 @@ class Layout:
             ax.add_patch(Rectangle((0, 0), canvas, canvas, color="0.93"))
         colours = plt.get_cmap("tab10")
         for i, b in enumerate(self.boxes):
-            x, y, w, h = b.to_xywh(canvas)
+            x, y, _, _ = b.to_xywh(canvas)
             c = colours(i % 10)
-            ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor=c, linewidth=2))
+            draw_box(ax, b, canvas, canvas, c, linewidth=2)
             ax.text(x + 3, y + 3, b.phrase, va="top", fontsize=8, color="white",
                     bbox=dict(facecolor=c, alpha=0.85, pad=1.5, edgecolor="none"))
         ax.set_xlim(0, canvas)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layout import Box
+from .layout import Box, draw_box
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure
@@ -680,15 +680,6 @@ def threshold_sweep(
 def _image_hw3(image: Any) -> np.ndarray:
     """An image as a float ``(H, W, 3)`` array in [0, 1] for ``imshow`` (see :func:`as_uint8_image`)."""
     return as_uint8_image(image).astype(np.float32) / 255.0
-
-
-def draw_box(ax, box: Box, height: int, width: int, colour: Any = "white", style: str = "-",
-             label: str | None = None) -> None:
-    """``box`` as an unfilled rectangle over a ``height``×``width`` frame (also used by composition's figures)."""
-    from matplotlib.patches import Rectangle
-
-    ax.add_patch(Rectangle((box.x0 * width, box.y0 * height), box.width * width, box.height * height,
-                           fill=False, edgecolor=colour, linestyle=style, linewidth=1.5, label=label))
 
 
 def _overlay(ax, mask: torch.Tensor, height: int, width: int, colour=(0.0, 1.0, 1.0), alpha: float = 0.3,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 
-from .layout import Box, Layout
+from .layout import Box, Layout, draw_box
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure
@@ -144,13 +144,6 @@ def evenly_spaced_steps(num_entries: int, count: int) -> list[int]:
     return sorted({round(i * (num_entries - 1) / (count - 1)) for i in range(count)})
 
 
-def _outline(ax, box: Box, height: int, width: int, colour="white", style="-", label: str | None = None) -> None:
-    from matplotlib.patches import Rectangle
-
-    ax.add_patch(Rectangle((box.x0 * width - 0.5, box.y0 * height - 0.5), box.width * width, box.height * height,
-                           fill=False, edgecolor=colour, linestyle=style, linewidth=1.5, label=label))
-
-
 def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, titles: Sequence[str] | None = None,
                       boxes: Sequence[Box] | None = None, pixel_space: bool = True, size: float = 1.4) -> "Figure":
     """A strip of ``x_t`` over the denoising steps, one row per box of the per-box pass.
@@ -179,7 +172,7 @@ def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, tit
             ax = axes[r, c]
             ax.imshow(rgb[c, r].numpy(), interpolation="nearest")
             if boxes is not None:
-                _outline(ax, boxes[r], h, w)
+                draw_box(ax, boxes[r], h, w, offset=-0.5)  # plain imshow: pixel centres on integers
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -221,7 +214,7 @@ def noise_blend_figure(shared_noise: torch.Tensor, blended: torch.Tensor, boxes:
         axes[2 + 2 * i].imshow(diff.numpy(), cmap="coolwarm", vmin=-lim, vmax=lim)
         axes[2 + 2 * i].set_title(f"difference (±{lim:.2f})", fontsize=8)
         for ax in axes[1 + 2 * i: 3 + 2 * i]:
-            _outline(ax, boxes[i], h, w, colour="gold")
+            draw_box(ax, boxes[i], h, w, "gold", offset=-0.5)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -249,8 +242,8 @@ def placement_figure(plan: PerBoxPlan, images: Sequence | torch.Tensor | None = 
     for i, (ax, gen, target) in enumerate(zip(axes, plan.generation_boxes, plan.target_boxes)):
         image = images[i] if images is not None else None
         Layout([]).draw(ax=ax, image=image, title=f"{plan.prompts[i]!r}", canvas=canvas)
-        _outline(ax, target, canvas, canvas, colour="tab:red", style="--", label="target box")
-        _outline(ax, gen, canvas, canvas, colour="gold", label="generated in")
+        draw_box(ax, target, canvas, canvas, "tab:red", "--", label="target box")
+        draw_box(ax, gen, canvas, canvas, "gold", label="generated in")
         (gx, gy), (tx, ty) = gen.center, target.center
         if (gx, gy) != (tx, ty):
             ax.annotate("", xy=(tx * canvas, ty * canvas), xytext=(gx * canvas, gy * canvas),

@@ -554,7 +554,7 @@ def prompt_grid_figure(
 
     from matplotlib.figure import Figure
 
-    from .masks import draw_box
+    from .layout import draw_box
 
     n = len(prompts)
     if n == 0 or len(layouts) != n:

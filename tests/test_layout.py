@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from lmd_utils.layout import Box, Layout, LayoutWarning
+from lmd_utils.layout import Box, Layout, LayoutWarning, draw_box
 
 
 def test_xywh_round_trip():
@@ -71,3 +71,15 @@ def test_draw_returns_axes():
     lay = Layout([Box("a cat", 0.1, 0.1, 0.5, 0.5)])
     ax = lay.draw(image=torch.rand(3, 32, 32))
     assert len(ax.patches) == 1 and ax.texts[0].get_text() == "a cat"
+
+
+@pytest.mark.parametrize("offset", [0.0, -0.5])
+def test_draw_box_outlines_the_box_in_frame_coordinates(offset):
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    draw_box(ax, Box("a cat", 0.25, 0.5, 0.75, 1.0), height=8, width=16, colour="gold", style="--", offset=offset)
+    (rect,) = ax.patches
+    assert rect.get_xy() == (4.0 + offset, 4.0 + offset)
+    assert (rect.get_width(), rect.get_height()) == (8.0, 4.0)
+    assert not rect.get_fill() and rect.get_linestyle() == "--"
