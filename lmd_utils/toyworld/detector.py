@@ -8,7 +8,9 @@ objects are flat colours on an unsaturated background, so detection can be exact
 2. pixels of one colour are grouped into 4-connected components (the generator keeps objects one pixel apart);
    components smaller than ``min_pixels`` are noise;
 3. each component's shape comes from its silhouette: a triangle's top quarter is much narrower than its bottom
-   quarter; a square fills its bounding box; a circle fills about π/4 of it.
+   quarter; a square fills its bounding box; a circle fills about π/4 of it.  The box for these features drops
+   the outermost 3 % of the pixels on each side, so the one-pixel spurs and notches of generated images do not
+   turn a square into a "circle" (the detector's own box stays the tight one).
 
 :func:`check_caption` then grades an image against a caption of the toy grammar (right objects, right counts,
 nothing extra, and for spatial captions the named sides), like the paper's per-task accuracy (§4, Table 1).
@@ -31,6 +33,11 @@ _COLOUR_NAMES = list(COLOURS)
 #: Thresholds measured on the generator's clean renders (fill: circles 0.75–0.86, squares 1, triangles 0.57–0.64).
 SQUARE_MIN_FILL = 0.9
 TRIANGLE_MAX_TAPER = 0.6
+#: Fraction of a silhouette's pixels ignored at each side when framing it for the shape features (see
+#: :func:`silhouette_features`).  On renders with 1–3 pixels added at and removed from the outline it raises
+#: shape accuracy from 86/63/59 % to 100/96/92 % (squares alone: 28 % → 93 %), and stays 100 % on clean renders
+#: (``tests/test_toyworld.py::test_shape_features_survive_ragged_outlines``).
+SILHOUETTE_TRIM = 0.03
 
 
 @dataclass(frozen=True)
@@ -121,12 +128,21 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return out, len(roots)
 
 
-def silhouette_features(component: np.ndarray) -> tuple[float, float]:
-    """``(fill, taper)`` of a boolean silhouette cropped to its bounding box.
+def silhouette_features(component: np.ndarray, trim: float = SILHOUETTE_TRIM) -> tuple[float, float]:
+    """``(fill, taper)`` of a boolean silhouette, framed by its trimmed extent.
 
-    ``fill`` is the fraction of the box covered; ``taper`` is the mean width of the top quarter of rows over
-    that of the bottom quarter (≈ 0.3 for an upward triangle, ≈ 0.7–1 for circles and squares).
+    The frame runs from the ``trim`` to the ``1 − trim`` quantile of the pixels' rows and of their columns, so a
+    stray pixel stuck to the outline (common in generated images) does not enlarge it; ``trim=0`` gives the
+    tight bounding box.  ``fill`` is the fraction of the frame covered; ``taper`` is the mean width of the top
+    quarter of rows over that of the bottom quarter (≈ 0.3 for an upward triangle, ≈ 0.7–1 for circles and
+    squares).
     """
+    ys, xs = np.nonzero(component)
+    if len(ys) == 0:
+        raise ValueError("empty silhouette")
+    y0, y1 = int(np.floor(np.quantile(ys, trim))), int(np.ceil(np.quantile(ys, 1 - trim))) + 1
+    x0, x1 = int(np.floor(np.quantile(xs, trim))), int(np.ceil(np.quantile(xs, 1 - trim))) + 1
+    component = component[y0:y1, x0:x1]
     rows = component.sum(axis=1).astype(np.float32)
     quarter = max(1, len(rows) // 4)
     taper = float(rows[:quarter].mean() / max(rows[-quarter:].mean(), 1e-6))
