@@ -34,8 +34,8 @@ _COLOUR_NAMES = list(COLOURS)
 SQUARE_MIN_FILL = 0.9
 TRIANGLE_MAX_TAPER = 0.6
 #: Fraction of a silhouette's pixels ignored at each side when framing it for the shape features (see
-#: :func:`silhouette_features`).  On renders with 1–3 pixels added at and removed from the outline it raises
-#: shape accuracy from 86/63/59 % to 100/96/92 % (squares alone: 28 % → 93 %), and stays 100 % on clean renders
+#: :func:`silhouette_features`).  On 600 rendered shapes with 1–2 pixels added at and 1–2 removed from the
+#: outline it raises shape accuracy from 74 % (tight box) to 98 %, and stays 100 % on clean renders
 #: (``tests/test_toyworld.py::test_shape_features_survive_ragged_outlines``).
 SILHOUETTE_TRIM = 0.03
 
