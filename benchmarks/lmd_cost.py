@@ -51,7 +51,8 @@ def measure(spec: dict) -> dict:
     import torch
 
     from lmd_utils.models import load_pipeline
-    from lmd_utils.pipeline import LMDConfig, generate, generate_sd
+    from lmd_utils.config import LMDConfig
+    from lmd_utils.pipeline import generate, generate_sd
 
     torch.set_num_threads(1)
     pipe = load_pipeline(spec["model"], device=spec["device"])

@@ -24,14 +24,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .layout import Layout
-from .llm_layouts import (
-    CacheCorruptError,
-    LayoutParseError,
-    LLMNotConfigured,
-    LLMRequestError,
-    MissingReplyError,
-    resolve_source,
-)
+from .llm_client import CacheCorruptError, LLMNotConfigured, LLMRequestError, resolve_source
+from .llm_layouts import LayoutParseError, MissingReplyError
 
 #: The prompt ``demo`` draws when none is given.
 DEMO_PROMPT = "A realistic photo of a scene with a gray cat on the left and two brown dogs on the right"

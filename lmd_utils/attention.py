@@ -34,6 +34,8 @@ from typing import Any, Container, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .grammar import ARTICLES
+
 #: The authors' guidance layers (``DEFAULT_GUIDANCE_ATTN_KEYS``: the mid block and the first cross-attention up
 #: block; 8×8 and 16×16 maps for a 512×512 SD image).
 GUIDANCE_LAYERS: tuple[str, ...] = (
@@ -46,8 +48,6 @@ GUIDANCE_LAYERS: tuple[str, ...] = (
 MASK_LAYERS: tuple[str, ...] = ("down_blocks.2.attentions.1",)
 ALL_LAYERS = "all"
 
-#: Words that do not count as object words when choosing tokens (see :func:`phrase_token_indices`).
-ARTICLES = frozenset({"a", "an", "the"})
 
 
 class _StopForward(Exception):
@@ -81,6 +81,18 @@ def resolve_layers(unet: torch.nn.Module, layers: str | Sequence[str]) -> dict[s
         for n in hits:
             chosen[n] = modules[n]
     return {n: modules[n] for n in modules if n in chosen}
+
+
+def default_layers(unet) -> tuple[tuple[str, ...] | str, tuple[str, ...] | str]:
+    """``(guidance layers, mask layers)`` for ``unet``: the authors' choice when the UNet has SD's layout
+    (``mid_block`` + ``up_blocks.1.attentions.{0,1,2}``; ``down_blocks.2.attentions.1``), otherwise every
+    cross-attention layer (small models such as the toy world, whose every layer localises)."""
+    try:
+        resolve_layers(unet, GUIDANCE_LAYERS)
+        resolve_layers(unet, MASK_LAYERS)
+        return GUIDANCE_LAYERS, MASK_LAYERS
+    except (KeyError, ValueError):
+        return ALL_LAYERS, ALL_LAYERS
 
 
 def _matches(name: str, layers: str | Sequence[str] | None) -> bool:
@@ -372,6 +384,15 @@ def run_unet_until_captured(unet: torch.nn.Module, sample: torch.Tensor, timeste
 _WORD = r"[^\s.,;:!?]+"
 
 
+def object_word(caption: str) -> str:
+    """The word whose attention gives the object's mask and attention-transfer reference: the caption's last
+    word (the authors' ``phrase.split(" ")[-1]``: "a red *car*"), without sentence punctuation."""
+    words = re.findall(_WORD, caption)
+    if not words:
+        raise ValueError(f"caption {caption!r} has no words")
+    return words[-1]
+
+
 def _occurrence_span(prompt: str, phrase: str, start: int = 0) -> tuple[int, int]:
     words = phrase.strip().split()
     if not words:
@@ -436,23 +457,20 @@ def word_token_indices(tokenizer, prompt: str, phrase: str, words: str | Sequenc
     """Token positions of selected ``words`` of ``phrase`` (in its occurrence found as in
     :func:`phrase_token_indices`).
 
-    ``words=None`` takes the phrase's last word, like the authors' ``word = phrase.split(" ")[-1]`` ("a red
-    cat" → "cat"): the token whose per-box map becomes the object mask and the attention-transfer reference.
+    ``words=None`` takes the phrase's :func:`object_word` ("a red cat" → "cat"): the token whose per-box map
+    becomes the object mask and the attention-transfer reference.
     ``last_token_only`` keeps the final token of a multi-token word (the authors' single token).
     """
     a, b = _occurrence_span(prompt, phrase, start)
     spans = _word_spans(prompt, a, b)
-    if words is None:
-        chosen = [spans[-1]]
-    else:
-        wanted = [words] if isinstance(words, str) else list(words)
-        lowered = [prompt[s:e].lower() for s, e in spans]
-        chosen = []
-        for w in wanted:
-            if w.lower() not in lowered:
-                raise ValueError(f"word {w!r} is not a word of {prompt[a:b]!r}")
-            j = len(lowered) - 1 - lowered[::-1].index(w.lower())
-            chosen.append(spans[j])
+    wanted = [object_word(phrase)] if words is None else [words] if isinstance(words, str) else list(words)
+    lowered = [prompt[s:e].lower() for s, e in spans]
+    chosen = []
+    for w in wanted:
+        if w.lower() not in lowered:
+            raise ValueError(f"word {w!r} is not a word of {prompt[a:b]!r}")
+        j = len(lowered) - 1 - lowered[::-1].index(w.lower())
+        chosen.append(spans[j])
     indices: list[int] = []
     for s, e in chosen:
         indices += [i for i in char_span_token_indices(tokenizer, prompt, s, e) if i not in indices]

@@ -28,13 +28,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .layout import CANVAS_SIZE, LayoutWarning
-from .llm_layouts import LayoutParseError, LayoutSource, MissingReplyError, resolve_source, scoring_objects
-from .planner import singularize, with_article
+from .llm_client import resolve_source
+from .llm_layouts import LayoutParseError, LayoutSource, MissingReplyError, scoring_objects
+from .grammar import PLAIN_NUMBERS, singularize, with_article
 
 PREFIX = "A realistic photo of a scene"
 CLASSES = ("backpack", "book", "bottle", "bowl", "car", "cat", "chair", "cup", "dog", "laptop")
 COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray")
-COUNT_WORDS = ("one", "two", "three", "four", "five")
+COUNT_WORDS = PLAIN_NUMBERS[:5]  # the numeracy prompts ask for one to five objects
 SPATIAL_PAIRS = (("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top"))
 TASKS = ("negation", "numeracy", "attribution", "spatial")
 
@@ -292,7 +293,7 @@ def evaluate_stage1(
     """Score the layouts of ``source`` on the benchmark (paper §4, the layout-generation stage alone).
 
     ``source``: a :class:`~lmd_utils.llm_layouts.LayoutSource`, ``"planner"``, ``"llm"`` or a reply file path
-    (``source_options`` go to :func:`~lmd_utils.llm_layouts.resolve_source`).  ``prompts`` defaults to the 400
+    (``source_options`` go to :func:`~lmd_utils.llm_client.resolve_source`).  ``prompts`` defaults to the 400
     benchmark prompts; the k-th occurrence of a prompt gets the source's k-th layout.  Boxes are scored raw
     (the LLM's pixels, no clipping) after :func:`drop_unscorable_boxes`.  A reply that cannot be parsed, or a
     prompt missing from a reply file, counts as a failure.

@@ -15,8 +15,6 @@ This module holds the pure tensor steps:
 2. :func:`compose_latents` pastes the aligned, masked per-box latents over the background latents, largest
    mask first so smaller objects end on top.
 3. :func:`replace_foreground` is the frozen-step update above; :func:`frozen_step_count` says how many steps.
-4. :func:`attention_transfer_targets` normalises the shifted per-box attention inside the box, the target of
-   the attention-transfer energy (the energy module consumes it).
 
 Shapes: latents ``(C, h, w)`` or with a time axis ``(T, C, h, w)``; masks ``(h, w)`` bool; attention maps
 ``(..., h', w')`` with the two spatial dims last (unflatten ``h'·w'`` token maps first).
@@ -29,14 +27,15 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence, Union
 
 import torch
 
-from .layout import Box, draw_box
+from .attention import phrase_token_indices, word_token_indices
+from .config import FROZEN_RATIO, GuidanceConfig
+from .grammar import counted
+from .layout import Box, Layout, draw_box
 from .masks import frame_axes, outline_mask
+from .sampling import BoxGuidance, ImageTargets, ObjectTarget, TransferTarget
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure
-
-#: Fraction of the denoising steps during which the foreground is copied from the composed latents (authors).
-FROZEN_RATIO = 0.5
 
 AttentionLike = Union[torch.Tensor, Mapping[str, torch.Tensor], None]
 
@@ -277,28 +276,106 @@ def apply_frozen_step(
     return replace_foreground(z_after_step, composed[step_index + 1], union_mask)
 
 
-def attention_transfer_targets(
-    attention_maps: torch.Tensor, boxes: Sequence[Box] | torch.Tensor, eps: float = 1e-5
-) -> torch.Tensor:
-    """Per-box attention, zeroed outside the box and divided by its in-box sum (authors' reference attention).
+# ---------------------------------------------------------------------------------------------------------
+# The composed generation (step 4): its prompt, its guidance, its frozen foreground
+# ---------------------------------------------------------------------------------------------------------
+def placeable_mask(mask: torch.Tensor, box: Box) -> torch.Tensor:
+    """``mask`` if it has a cell, else ``box``'s mask on the same grid: an empty mask has no centre to move, so
+    an object the attention did not find is pasted as its whole box (the one fallback of the pipeline)."""
+    return mask.bool() if mask.any() else box.mask(*mask.shape[-2:]).bool()
 
-    ``attention_maps`` ``(n, ..., h', w')`` (already shifted with :func:`align_to_box`; e.g. ``(n, T, h', w')``
-    or ``(n, T, heads, h', w')``), ``boxes`` the *overall* boxes, one per map (or box masks ``(n, h', w')``).
-    Returns the same shape: ``A·b / (Σ A·b + eps)`` over the spatial dims, so each step's map sums to ≈ 1
-    inside the box (the authors' ``add_ref_ca_loss_per_attn_map_to_lossv2`` normalisation, ``eps = 1e-5``).
+
+def align_objects(latents: torch.Tensor, masks: Sequence[torch.Tensor], boxes: Sequence[Box],
+                  references: Sequence[AttentionLike] | None = None) -> list[AlignedObject]:
+    """:func:`align_to_box` for every box: ``latents`` ``(T+1, n, C, h, w)`` (the per-box trajectories), one
+    latent-grid mask and one target box per object, optionally each object's attention to move along."""
+    if not len(masks) == len(boxes) == latents.shape[1]:
+        raise ValueError(f"{latents.shape[1]} trajectories, {len(masks)} masks, {len(boxes)} boxes")
+    return [align_to_box(latents[:, i], placeable_mask(mask, box), box,
+                         attention=None if references is None else references[i])
+            for i, (mask, box) in enumerate(zip(masks, boxes))]
+
+
+def compose_trajectory(aligned: Sequence[AlignedObject], shared_noise: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The composed latents of every step ``(T+1, C, h, w)`` and the union mask ``(h, w)``.
+
+    The aligned objects are pasted largest first (:func:`compose_latents`); at step 0 the shared initial noise
+    ``z_T`` fills the rest, since the composed pass starts there.  Outside the masks the later steps hold zeros,
+    which the frozen steps never read.
     """
-    n = attention_maps.shape[0]
-    h, w = attention_maps.shape[-2:]
-    if isinstance(boxes, torch.Tensor):
-        b = _binary(boxes)
-    else:
-        masks = [box.mask(h, w, dtype=torch.bool) for box in boxes]
-        b = torch.stack(masks) if masks else torch.zeros(0, h, w, dtype=torch.bool)
-    if b.shape != (n, h, w):
-        raise ValueError(f"{n} attention maps of size {(h, w)} but box masks {tuple(b.shape)}")
-    b = b.to(attention_maps.device).reshape(n, *([1] * (attention_maps.ndim - 3)), h, w)
-    masked = attention_maps * b
-    return masked / (masked.sum(dim=(-2, -1), keepdim=True) + eps)
+    first = aligned[0].latents
+    background = first.new_zeros(first.shape)
+    background[0] = shared_noise[0].to(first.device, first.dtype)
+    return compose_latents(background, torch.stack([a.latents for a in aligned]),
+                           torch.stack([a.mask for a in aligned]))
+
+
+def overall_phrases(layout: Layout) -> list[tuple[str, list[int]]]:
+    """Group identical captions (authors' ``convert_spec``): ``[(phrase, [box indices]), ...]``.
+
+    Two boxes captioned "a cat" become the phrase "two cats" (first-appearance order; the authors sort by name).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, box in enumerate(layout.boxes):
+        groups.setdefault(box.phrase, []).append(i)
+    return [(counted(len(idx), caption), idx) for caption, idx in groups.items()]
+
+
+def overall_prompt(layout: Layout) -> str:
+    """``"[background] with [phrase 1], [phrase 2], ..."`` (authors' overall prompt), or the background alone."""
+    phrases = ", ".join(p for p, _ in overall_phrases(layout))
+    background = layout.background.strip().rstrip(".")
+    if not phrases:
+        return background
+    return f"{background} with {phrases}" if background else phrases
+
+
+def overall_prompt_for(layout: Layout, mode: str, tokenizer) -> tuple[str, int]:
+    """The composed pass's prompt (``mode``: ``LMDConfig.overall_prompt``) and the character offset after which
+    its phrases are looked up (the background's end in the authors' form)."""
+    # a prompt naming what the image must NOT show ("... without blue squares") would bring it back into the
+    # conditional prompt: use the authors' form, which holds only the layout's phrases
+    negated = layout.negative.strip().lower()
+    if mode == "source" and layout.prompt and not (negated and negated in layout.prompt.lower()):
+        try:
+            for phrase, _ in overall_phrases(layout):
+                phrase_token_indices(tokenizer, layout.prompt, phrase)
+            return layout.prompt, 0
+        except ValueError:
+            pass  # a phrase the user's prompt does not contain verbatim: use the authors' form
+    elif mode not in ("authors", "source"):
+        raise ValueError(f"overall_prompt must be 'authors' or 'source', not {mode!r}")
+    return overall_prompt(layout), len(layout.background.strip().rstrip("."))
+
+
+def composed_pass_guidance(tokenizer, layout: Layout, prompt: str, background_end: int,
+                           aligned: Sequence[AlignedObject], config: GuidanceConfig,
+                           attention_transfer: bool = True) -> BoxGuidance:
+    """The composed pass's guidance: every phrase of ``prompt`` into its boxes (one energy term per phrase, over
+    the union of its boxes) plus, with ``attention_transfer``, each box's object word pulled towards its own
+    per-box attention (``aligned[i].attention``, already moved onto the box)."""
+    objects, transfers = [], []
+    for k, (phrase, idx) in enumerate(overall_phrases(layout)):
+        boxes = tuple(layout.boxes[i] for i in idx)
+        objects.append(ObjectTarget.for_phrase(tokenizer, prompt, phrase, boxes, start=background_end))
+        if attention_transfer:
+            word = word_token_indices(tokenizer, prompt, phrase, start=background_end, last_token_only=True)[0]
+            transfers += [TransferTarget(layout.boxes[i], word, aligned[i].attention, object_index=k) for i in idx]
+    return BoxGuidance([ImageTargets(tuple(objects), tuple(transfers))], config)
+
+
+class FrozenForeground:
+    """``after_step`` hook of :func:`~lmd_utils.sampling.denoise`: for the first ``frozen_steps`` steps, the
+    foreground is the composed latent of the same step (:func:`apply_frozen_step`, §3.2)."""
+
+    def __init__(self, composed: torch.Tensor, union_mask: torch.Tensor, frozen_steps: int):
+        self.composed, self.union_mask, self.frozen_steps = composed, union_mask, frozen_steps
+
+    def after_step(self, state) -> torch.Tensor | None:
+        if state.step >= self.frozen_steps:
+            return None
+        return apply_frozen_step(state.latents, state.step, self.composed, self.union_mask, self.frozen_steps)
 
 
 # ---------------------------------------------------------------------------------------------------------

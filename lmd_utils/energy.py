@@ -33,11 +33,11 @@ import torch
 if TYPE_CHECKING:  # matplotlib is imported where pictures are drawn
     from matplotlib.figure import Figure
 
-#: The authors' defaults (``fg_top_p``, ``bg_top_p``, ``fg_weight``, ``bg_weight``, ``ref_ca_loss_weight``).
+#: The authors' defaults (``fg_top_p = bg_top_p``, ``fg_weight``, ``bg_weight``); :class:`~lmd_utils.config.GuidanceConfig`
+#: uses them.
 TOP_FRACTION = 0.2
 INSIDE_WEIGHT = 1.0
 OUTSIDE_WEIGHT = 4.0
-TRANSFER_WEIGHT = 2.0
 
 
 def topk_mean(values: torch.Tensor, mask: torch.Tensor, fraction: float = TOP_FRACTION) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Stage 1 of LMD: an LLM turns a prompt into a layout (paper §3.1; multi-round dialog and other languages: §3,
-"instruction-based scene specification").
+"instruction-based scene specification").  This module is what notebook 06 teaches; the plumbing that talks to a
+real LLM (the OpenAI-compatible client, retries, the reply cache) is in :mod:`lmd_utils.llm_client`.
 
 Four pieces, each usable alone:
 
@@ -13,54 +14,33 @@ Four pieces, each usable alone:
   Python/JSON literal subset LLMs write (never ``eval``).  It tolerates code fences, prose around the answer, an
   ``Objects:`` prefix, JSON lists, ``{"name": ..., "bounding_box": ...}`` dicts, a missing/"None" negative
   prompt and trailing commentary; anything else raises :class:`LayoutParseError`.
-* **Sources** of layouts, all with ``get_layout(prompt, sample=None) -> Layout``:
+* **Sources** of layouts, all with ``get_layout(prompt, sample=None) -> Layout`` (:class:`LayoutSource`):
   :class:`ReplyFileSource` (read-only replies in the authors' ``{prompt: [reply, ...]}`` format),
-  :class:`LLMLayoutSource` (any OpenAI-compatible chat endpoint: OpenAI, ollama, vLLM, llama.cpp server) with
-  a :class:`ReplyCache`, and the offline planner (:mod:`lmd_utils.planner`).  As in the authors' code, the k-th
-  request for a prompt gets the k-th reply, so multi-sample runs are reproducible.
+  :class:`ScriptedLayoutSource` (replies written in advance, an offline stand-in for an LLM), a live LLM
+  (:class:`lmd_utils.llm_client.LLMLayoutSource`) and the offline planner (:mod:`lmd_utils.planner`).  As in the
+  authors' code, the k-th request for a prompt gets the k-th reply, so multi-sample runs are reproducible.
 * **Dialog** (:class:`LayoutSession`): keeps the message history and the current layout, so that
   ``session.ask("make the dog bigger")`` returns an edited layout.
 
-The API key is only ever handed to the ``openai`` client: it is never stored in the cache, in ``Layout.meta``,
-in a ``repr`` or in a log message.
+It is one module of about 600 lines because these four pieces are one lesson: the template says what shape a reply
+has, the parser reads that shape, and the sources and the dialog hand replies to the parser.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 from .layout import Layout
 
 TEMPLATE_VERSION = "v1"
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "templates"
-#: Sampling temperature the authors use for layout generation.
-DEFAULT_TEMPERATURE = 0.25
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MAX_RETRIES = 2
-#: How many replies we ask for (the first plus reprompts) before giving up on an unparseable answer.
-DEFAULT_PARSE_ATTEMPTS = 3
-ENV_API_KEY = "OPENAI_API_KEY"
-ENV_BASE_URL = "OPENAI_BASE_URL"
-ENV_MODEL = "LMD_LLM_MODEL"
-ENV_CACHE = "LMD_LLM_CACHE"
-#: Placeholder key for local servers (ollama, vLLM, llama.cpp) that ignore it but the client needs one.
-LOCAL_SERVER_KEY = "not-needed"
-
 CAPTION_PREFIX = "Caption: "
 FOLLOW_UP_PREFIX = "Follow-up instruction: "
-REPROMPT = (
-    "I could not read that answer ({error}). Reply again with only the three lines "
-    "'Objects: [...]', 'Background prompt: ...' and 'Negative prompt: ...'."
-)
-
 
 # =============================================================================================================
 # Template
@@ -456,7 +436,7 @@ class MissingReplyError(LookupError):
     """A reply file has no (or not enough) replies for a prompt."""
 
 
-class _SampleCounter:
+class SampleCounter:
     """Counts requests per key so that the k-th request gets sample k."""
 
     def __init__(self) -> None:
@@ -489,7 +469,7 @@ class ReplyFileSource:
             raise ValueError(f"reply file {self.path} must map each prompt to a list of reply strings")
         self.replies: dict[str, list[str]] = data
         self.name = f"reply file {self.path.name}"
-        self._counter = _SampleCounter()
+        self._counter = SampleCounter()
 
     def __repr__(self) -> str:
         return f"ReplyFileSource({str(self.path)!r}, prompts={len(self.replies)})"
@@ -514,259 +494,7 @@ class ReplyFileSource:
         self._counter.reset()
 
 
-# -------------------------------------------------------------------------------------------------------------
-# Reply cache
-# -------------------------------------------------------------------------------------------------------------
-class CacheCorruptError(RuntimeError):
-    """The cache file exists but cannot be read; it is left untouched."""
-
-
-class ReplyCache:
-    """Parsed LLM replies on disk, keyed by (template version, model, prompt), a list of replies per key.
-
-    The file is ``{"format": ..., "replies": {version: {model: {prompt: [reply, ...]}}}}``.  Only replies that
-    parsed are stored.  Writes go to a temporary file that then replaces the cache (``os.replace``), and merge
-    with what is on disk, so an interrupted or concurrent run loses nothing.  A corrupt file raises
-    :class:`CacheCorruptError` and is never overwritten.
-    """
-
-    FORMAT = "lmd_utils reply cache 1"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._data = self._read()
-
-    def __repr__(self) -> str:
-        return f"ReplyCache({str(self.path)!r})"
-
-    def _read(self) -> dict[str, dict[str, dict[str, list[str]]]]:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            ok = isinstance(data, dict) and data.get("format") == self.FORMAT and isinstance(data.get("replies"), dict)
-            replies = data["replies"] if ok else None
-            ok = ok and all(
-                isinstance(models, dict) and all(
-                    isinstance(prompts, dict) and all(
-                        isinstance(v, list) and all(isinstance(r, str) for r in v) for v in prompts.values()
-                    ) for prompts in models.values()
-                ) for models in replies.values()
-            )
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CacheCorruptError(f"cannot read the reply cache {self.path} ({e}); it was left untouched — "
-                                    f"move it away or fix it") from e
-        if not ok:
-            raise CacheCorruptError(f"{self.path} is not a reply cache of format {self.FORMAT!r}; "
-                                    f"it was left untouched — move it away or choose another cache path")
-        return replies
-
-    def get(self, version: str, model: str, key: str) -> list[str]:
-        """The stored replies for a key (a copy; empty if none)."""
-        return list(self._data.get(version, {}).get(model, {}).get(key, []))
-
-    def append(self, version: str, model: str, key: str, reply: str) -> None:
-        """Store one more reply for a key and write the file atomically."""
-        self._data = self._read() or self._data  # merge with what another run may have written meanwhile
-        self._data.setdefault(version, {}).setdefault(model, {}).setdefault(key, []).append(reply)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"format": self.FORMAT, "replies": self._data}, indent=1, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def default_cache_path() -> Path:
-    """``$LMD_LLM_CACHE``, else ``~/.cache/lmd_utils/llm_replies.json``."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env) if env else Path.home() / ".cache" / "lmd_utils" / "llm_replies.json"
-
-
-# -------------------------------------------------------------------------------------------------------------
-# LLM client
-# -------------------------------------------------------------------------------------------------------------
-class LLMNotConfigured(RuntimeError):
-    """No LLM is configured (model name and an endpoint or key are needed)."""
-
-
-class LLMRequestError(RuntimeError):
-    """The LLM endpoint could not be reached or answered with an error (after the client's retries)."""
-
-
-def redact_url(url: str | None) -> str | None:
-    """``url`` without a ``user:password@`` part, safe to show and store."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Where and how to ask an LLM.  The key is excluded from ``repr`` and never serialised."""
-
-    model: str
-    base_url: str | None = None
-    api_key: str = field(default=LOCAL_SERVER_KEY, repr=False)
-    temperature: float = DEFAULT_TEMPERATURE
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    max_retries: int = DEFAULT_MAX_RETRIES
-    parse_attempts: int = DEFAULT_PARSE_ATTEMPTS
-
-    def __post_init__(self) -> None:
-        if self.parse_attempts < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("need parse_attempts >= 1, max_retries >= 0 and timeout_s > 0")
-
-    def __repr__(self) -> str:
-        return (f"LLMConfig(model={self.model!r}, base_url={redact_url(self.base_url)!r}, "
-                f"temperature={self.temperature}, timeout_s={self.timeout_s}, max_retries={self.max_retries}, "
-                f"parse_attempts={self.parse_attempts})")
-
-    @classmethod
-    def from_env(
-        cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None, **options: Any
-    ) -> "LLMConfig":
-        """Arguments first, then ``LMD_LLM_MODEL``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``.
-
-        An LLM counts as configured when a model name is known and either a key (OpenAI) or a base URL (a local
-        OpenAI-compatible server, which gets a placeholder key) is known; otherwise :class:`LLMNotConfigured`.
-        """
-        model = model or os.environ.get(ENV_MODEL) or None
-        base_url = base_url or os.environ.get(ENV_BASE_URL) or None
-        api_key = api_key or os.environ.get(ENV_API_KEY) or None
-        missing = []
-        if not model:
-            missing.append(f"a model name ({ENV_MODEL} or --model)")
-        if not (api_key or base_url):
-            missing.append(f"an endpoint ({ENV_BASE_URL}) or a key ({ENV_API_KEY})")
-        if missing:
-            raise LLMNotConfigured("no LLM configured: set " + " and ".join(missing))
-        return cls(model=model, base_url=base_url, api_key=api_key or LOCAL_SERVER_KEY, **options)
-
-
-def llm_configured() -> bool:
-    """Whether the environment configures an LLM (see :meth:`LLMConfig.from_env`)."""
-    try:
-        LLMConfig.from_env()
-    except LLMNotConfigured:
-        return False
-    return True
-
-
-class LLMLayoutSource:
-    """Layouts from an OpenAI-compatible chat-completions endpoint (paper §3.1), with a reply cache.
-
-    ``get_layout(prompt, sample=k)`` returns the k-th cached reply for (template version, model, prompt) and
-    asks the LLM only for samples not cached yet.  A reply that does not parse is answered with a reprompt that
-    quotes the problem, up to ``config.parse_attempts`` replies in all; then :class:`LayoutParseError`.
-    Network errors and timeouts are retried by the ``openai`` client (``max_retries``), then raise
-    :class:`LLMRequestError`.
-    """
-
-    def __init__(
-        self,
-        config: LLMConfig | None = None,
-        cache: ReplyCache | str | Path | None = None,
-        template: LayoutTemplate | None = None,
-    ) -> None:
-        import openai
-
-        self.config = config or LLMConfig.from_env()
-        self.cache = ReplyCache(cache) if isinstance(cache, (str, Path)) else cache
-        self.template = template or load_template()
-        self.name = f"llm {self.config.model}"
-        self._client = openai.OpenAI(
-            api_key=self.config.api_key,
-            base_url=self.config.base_url,
-            timeout=self.config.timeout_s,
-            max_retries=self.config.max_retries,
-        )
-        self._counter = _SampleCounter()
-
-    def __repr__(self) -> str:
-        return f"LLMLayoutSource({self.config!r}, cache={self.cache!r}, template={self.template.version!r})"
-
-    # -- public ---------------------------------------------------------------------------------------------
-    def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
-        """The layout for ``prompt`` (one user turn after the template)."""
-        return self.continue_dialog([caption_turn(prompt)], sample=sample, prompt=prompt)
-
-    def continue_dialog(
-        self, history: Sequence[dict[str, str]], sample: int | None = None, prompt: str = ""
-    ) -> Layout:
-        """The layout the LLM answers to a dialog ``history`` (user/assistant turns, ending with a user turn)."""
-        if not history or history[-1].get("role") != "user":
-            raise ValueError("a dialog history must end with a user turn")
-        key = self._cache_key(history)
-        k = self._counter.next(key, sample)
-        cached = self.cache.get(self.template.version, self.config.model, key) if self.cache is not None else []
-        meta: dict[str, Any] = {"cached": k < len(cached)}
-        while len(cached) <= k:  # ask for the samples we do not have yet
-            reply, meta = self._fresh_reply(history)
-            cached.append(reply)
-            if self.cache is not None:
-                self.cache.append(self.template.version, self.config.model, key, reply)
-        meta.update(source=self.name, model=self.config.model, base_url=redact_url(self.config.base_url),
-                    template_version=self.template.version, sample=k)
-        return reply_to_layout(cached[k], prompt=prompt or _first_caption(history), meta=meta)
-
-    # -- internals ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _cache_key(history: Sequence[dict[str, str]]) -> str:
-        """The prompt itself for a one-turn request; the JSON list of user turns for a dialog."""
-        users = [m["content"] for m in history if m.get("role") == "user"]
-        if len(users) == 1 and users[0].startswith(CAPTION_PREFIX):
-            return users[0][len(CAPTION_PREFIX):]
-        return json.dumps(users, ensure_ascii=False)
-
-    def _fresh_reply(self, history: Sequence[dict[str, str]]) -> tuple[str, dict[str, Any]]:
-        """Ask until a reply parses (bounded); returns it with request facts (attempts, token usage)."""
-        messages = self.template.messages(history=history)
-        problem = ""
-        for attempt in range(1, self.config.parse_attempts + 1):
-            text, usage = self._chat(messages)
-            try:
-                parse_layout_reply(text)
-            except LayoutParseError as e:
-                problem = str(e)
-                messages = messages + [
-                    {"role": "assistant", "content": text},
-                    {"role": "user", "content": REPROMPT.format(error=problem[:200])},
-                ]
-                continue
-            return text, {"cached": False, "attempts": attempt, "usage": usage}
-        raise LayoutParseError(
-            f"{self.name}: none of {self.config.parse_attempts} replies could be parsed; last problem: {problem}"
-        )
-
-    def _chat(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
-        import openai
-
-        try:
-            response = self._client.chat.completions.create(
-                model=self.config.model, messages=messages, temperature=self.config.temperature
-            )
-        except openai.APIError as e:
-            raise LLMRequestError(
-                f"{self.name} at {redact_url(self.config.base_url) or 'api.openai.com'}: {type(e).__name__}: {e}"
-            ) from e
-        choices = getattr(response, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise LLMRequestError(f"{self.name}: the response has no choices")
-        usage = response.usage.model_dump() if getattr(response, "usage", None) is not None else {}
-        return choices[0].message.content or "", usage
-
-
-def _first_caption(history: Sequence[dict[str, str]]) -> str:
+def first_caption(history: Sequence[dict[str, str]]) -> str:
     for m in history:
         if m.get("role") == "user" and m["content"].startswith(CAPTION_PREFIX):
             return m["content"][len(CAPTION_PREFIX):]
@@ -777,11 +505,12 @@ class ScriptedLayoutSource:
     """Replies written in advance, handed out in order and read by the real parser: an offline stand-in for an
     LLM in demos and dialogs (notebook 06 uses it when no LLM is configured).
 
-    Not in the paper.  It has ``continue_dialog`` like :class:`LLMLayoutSource`, so a :class:`LayoutSession` can
-    run several rounds (paper §3, instruction-based scene specification) without any LLM.  The chat messages an
-    LLM would have been sent for each request (template + history) are kept in :attr:`requests`.  Unlike the
-    other sources, the k-th *call* gets the k-th reply whatever the prompt (``sample`` is ignored); a reply that
-    does not parse raises :class:`LayoutParseError` and is used up all the same, as an LLM's answer would be.
+    Not in the paper.  It has ``continue_dialog`` like :class:`~lmd_utils.llm_client.LLMLayoutSource`, so a
+    :class:`LayoutSession` can run several rounds (paper §3, instruction-based scene specification) without any
+    LLM.  The chat messages an LLM would have been sent for each request (template + history) are kept in
+    :attr:`requests`.  Unlike the other sources, the k-th *call* gets the k-th reply whatever the prompt
+    (``sample`` is ignored); a reply that does not parse raises :class:`LayoutParseError` and is used up all the
+    same, as an LLM's answer would be.
     """
 
     def __init__(
@@ -816,7 +545,7 @@ class ScriptedLayoutSource:
         if k >= len(self.replies):
             raise MissingReplyError(f"{self.name}: all {len(self.replies)} scripted replies are used up")
         self.requests.append(self.template.messages(history=history))
-        return reply_to_layout(self.replies[k], prompt=prompt or _first_caption(history),
+        return reply_to_layout(self.replies[k], prompt=prompt or first_caption(history),
                                meta={"source": self.name, "sample": k})
 
 
@@ -862,54 +591,9 @@ class LayoutSession:
         self.layouts.append(layout)
         return layout
 
-
-# -------------------------------------------------------------------------------------------------------------
-# Choosing a source
-# -------------------------------------------------------------------------------------------------------------
-def resolve_source(
-    source: "LayoutSource | str | Path | None" = None,
-    model: str | None = None,
-    base_url: str | None = None,
-    cache: ReplyCache | str | Path | bool | None = None,
-) -> tuple[LayoutSource, str]:
-    """A layout source from a name and a sentence saying which one and why (for the CLI's stderr).
-
-    ``"planner"``: the offline planner; ``"llm"``: the configured LLM (raises :class:`LLMNotConfigured`);
-    a path: a reply file; ``None``: the LLM if configured, else the planner.  ``cache`` (LLM sources only):
-    ``None`` → :func:`default_cache_path`, ``False`` → no cache, else a path or a :class:`ReplyCache`.
-    """
-    from .planner import OfflinePlanner
-
-    if cache is None or cache is True:
-        cache = default_cache_path()
-    elif cache is False:
-        cache = None
-    if source is not None and not isinstance(source, (str, Path)):
-        return source, f"layout source: {source.name}"
-    if source is None:
-        try:
-            config = LLMConfig.from_env(model=model, base_url=base_url)
-        except LLMNotConfigured as e:
-            return OfflinePlanner(), f"layout source: offline planner ({e})"
-        llm = LLMLayoutSource(config, cache=cache)
-        return llm, f"layout source: {llm.name} (configured from the environment)"
-    if str(source) == "planner":
-        return OfflinePlanner(), "layout source: offline planner"
-    if str(source) == "llm":
-        config = LLMConfig.from_env(model=model, base_url=base_url)
-        llm = LLMLayoutSource(config, cache=cache)
-        return llm, f"layout source: {llm.name}"
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"layout source {str(source)!r} is neither 'planner', 'llm' nor a reply file")
-    replies = ReplyFileSource(path)
-    return replies, f"layout source: {replies.name}"
-
-
 __all__ = [
     "TEMPLATE_VERSION", "LayoutTemplate", "load_template", "show_template", "caption_turn", "follow_up_turn",
     "format_layout_reply", "layout_to_reply", "LayoutParseError", "ParsedReply", "parse_layout_reply",
     "reply_to_layout", "scoring_objects", "LayoutSource", "MissingReplyError", "ReplyFileSource",
-    "CacheCorruptError", "ReplyCache", "default_cache_path", "LLMNotConfigured", "LLMRequestError", "LLMConfig",
-    "llm_configured", "LLMLayoutSource", "ScriptedLayoutSource", "LayoutSession", "resolve_source",
+    "ScriptedLayoutSource", "LayoutSession",
 ]

@@ -32,13 +32,12 @@ import torch
 
 from . import __version__
 from .layout import CANVAS_SIZE, Box, Layout
-from .llm_layouts import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotConfigured, redact_url
+from .models import ENV_DEVICE, default_dtype, pick_device
+from .llm_client import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotConfigured, redact_url
 
 if TYPE_CHECKING:  # matplotlib and ipywidgets are imported where they are used, to keep this module light
     from matplotlib.figure import Figure
 
-#: Environment variable that forces a device ("cpu", "cuda", "cuda:1", "mps"); CI sets it to "cpu".
-ENV_DEVICE = "LMD_DEVICE"
 #: The repository root (``lmd_utils/..``): notebooks find ``data/`` here, and ``shared/`` next to it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where reference data (the benchmark prompts, the authors' published replies) lies next to the repository.
@@ -70,38 +69,6 @@ def enable_inline_figures() -> bool:
         return False
     shell.run_line_magic("matplotlib", "inline")
     return True
-
-
-def pick_device(preferred: str | None = None) -> torch.device:
-    """``preferred``, else ``$LMD_DEVICE``, else the first available of CUDA → Apple MPS → CPU.
-
-    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when the asked-for device is not available,
-    rather than silently falling back (a notebook that claims to use the GPU must use it).
-    """
-    name = preferred or os.environ.get(ENV_DEVICE) or None
-    if name is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but Apple MPS is not available here")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or mps)")
-    return device
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """float16 on CUDA (half the memory and time of Stable Diffusion, as the authors run it), float32 elsewhere
-    (CPU kernels for float16 are slow, and MPS float16 attention is unreliable in older torch versions)."""
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def seed_everything(seed: int) -> None:
@@ -394,7 +361,7 @@ def layout_editor(layout: Layout, index: int = 0) -> LayoutEditor:
 
 
 __all__ = [
-    "ENV_DEVICE", "REPO_ROOT", "in_colab", "enable_inline_figures", "pick_device", "default_dtype",
+    "REPO_ROOT", "in_colab", "enable_inline_figures",
     "seed_everything", "llm_from_env", "NotebookEnv", "setup", "find_reference_file", "draw_layouts", "figure_to_png",
     "plot_benchmark", "edit_box", "LayoutEditor", "layout_editor",
 ]

@@ -22,29 +22,22 @@ from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 
+from .attention import ALL_LAYERS, GUIDANCE_LAYERS, AttentionStore, default_layers, object_word, word_token_indices
+from .config import PER_BOX_NEGATIVE_PROMPT, LMDConfig
+from .grammar import join_phrases
 from .layout import Box, Layout, draw_box
+from .models import decode_latents, encode_prompts, initial_noise, latent_shape
+from .sampling import BoxGuidance, ImageTargets, ObjectTarget, denoise
 
 if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
     from matplotlib.figure import Figure
 
 Placement = Literal["authors", "box"]
 
-#: The authors' negative prompt for per-box generation (discourages duplicates and cut-off objects).
-PER_BOX_NEGATIVE_PROMPT = (
-    "artifacts, blurry, smooth texture, bad quality, distortions, unrealistic, distorted image, bad proportions, "
-    "duplicate, two, many, group, occlusion, occluded, side, border, collate"
-)
-
-
 def per_box_prompt(background: str, caption: str) -> str:
     """The per-box prompt ``"[background] with [caption]"`` (authors' ``convert_spec``); just the caption if no background."""
     background = background.strip().rstrip(".")
     return f"{background} with {caption}" if background else caption
-
-
-def object_word(caption: str) -> str:
-    """The word whose attention gives the object's mask: the caption's last word (authors' choice, e.g. "a red *car*")."""
-    return caption.strip().rstrip(".").split()[-1]
 
 
 def generation_box(box: Box, placement: Placement = "authors", floor_padding: float = 0.2) -> Box:
@@ -97,7 +90,7 @@ def plan_per_box(layout: Layout, seed: int, placement: Placement = "authors", fl
     authors do.  Box *i*'s extra noise uses seed ``seed + box_seed_offset + i`` (the authors use a fixed 20 + i,
     independent of the image seed; we tie it to the seed so that different seeds give different objects).
     """
-    negative = ", ".join(p for p in (layout.negative.strip(), negative_prompt.strip()) if p)
+    negative = join_phrases(layout.negative, negative_prompt)
     return PerBoxPlan(
         prompts=[per_box_prompt(layout.background, b.phrase) for b in layout.boxes],
         words=[object_word(b.phrase) for b in layout.boxes],
@@ -106,6 +99,97 @@ def plan_per_box(layout: Layout, seed: int, placement: Placement = "authors", fl
         negative_prompt=negative,
         seeds=[seed + box_seed_offset + i for i in range(len(layout.boxes))],
     )
+
+
+# =============================================================================================================
+# The per-box pass (LMD's step 1, as generate() runs it)
+# =============================================================================================================
+@dataclass
+class PerBoxResult:
+    """The per-box pass: one entry per box, in layout order."""
+
+    plan: PerBoxPlan
+    latents: torch.Tensor  # (T+1, n, C, h, w): x_T, then after each step
+    images: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    mask_maps: torch.Tensor  # (n, h', w') aggregated object-word attention on the mask layers
+    word_tokens: list[int]  # per box, the token of its object word (plan.words) in its prompt
+    #: per box, the object word's attention ``{(layer, step): (heads, H, W)}`` on the guidance layers during the
+    #: guided steps: the reference of the composed pass's attention transfer (empty when transfer is off)
+    references: list[dict[tuple[str, int], torch.Tensor]]
+    guidance: list[BoxGuidance]  # one hook per batch of boxes (one batch unless ``max_batch`` splits them)
+    guidance_layers: tuple[str, ...] | str = GUIDANCE_LAYERS
+
+    def energy_log(self, box: int) -> list[tuple[int, int, float]]:
+        """``(step, iteration, energy)`` of box ``box``'s guidance, for plots."""
+        start = 0
+        for hook in self.guidance:
+            if box < start + len(hook.targets):
+                return hook.energies_by_element(box - start)
+            start += len(hook.targets)
+        raise IndexError(f"no box {box}")
+
+
+def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise: torch.Tensor,
+                progress: bool = True) -> PerBoxResult:
+    """Generate every box alone, guided into its generation box; keep latents and the object word's attention.
+
+    All boxes share one batch (one UNet call per step) unless ``config.max_batch`` splits them; the authors run
+    them one after another, which ``max_batch=1`` reproduces (same tensors, batched or not, up to float noise).
+    """
+    # 1. what each box's pass needs: prompt, generation box, seed, start noise
+    height, width = config.resolution(pipe)
+    _, _, h, w = latent_shape(pipe, height, width)
+    guidance_layers, default_mask_layers = default_layers(pipe.unet)
+    mask_layers = config.mask_layers or default_mask_layers
+    guidance_cfg = config.per_box_guidance.on_layers(guidance_layers)
+    plan = plan_per_box(layout, seed, config.placement, config.floor_padding, config.per_box_negative_prompt)
+    n = len(plan.prompts)
+    box_noise = initial_noise(pipe, n, height, width, plan.seeds)
+    gen_masks = torch.stack([b.mask(h, w) for b in plan.generation_boxes]).to(box_noise.device)
+    start = blend_box_noise(shared_noise, box_noise, gen_masks, config.noise_blend_ratio)
+
+    # 2. each box's energy targets (its caption's tokens) and its object word's token
+    tokenizer = pipe.tokenizer
+    background_end = len(layout.background.strip().rstrip("."))  # the caption's tokens come after this
+    targets, word_tokens = [], []
+    for prompt, box, caption in zip(plan.prompts, plan.generation_boxes, (b.phrase for b in layout.boxes)):
+        targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(tokenizer, prompt, caption, box,
+                                                                     start=background_end),)))
+        word_tokens.append(word_token_indices(tokenizer, prompt, caption, start=background_end,
+                                              last_token_only=True)[0])
+
+    # 3. which attention to keep: the mask layers from mask_start_step on, the guidance layers on the steps the
+    #    composed pass will transfer
+    transfer_steps = set(range(config.overall_guidance.guidance_steps)) if config.attention_transfer else set()
+    mask_steps = set(range(config.mask_start_step, config.num_inference_steps))
+    layers = [mask_layers] if isinstance(mask_layers, str) else list(mask_layers)
+    if config.attention_transfer:
+        layers += list(guidance_cfg.layers)
+    layers = ALL_LAYERS if ALL_LAYERS in layers else tuple(dict.fromkeys(layers))
+
+    # 4. denoise, all boxes in one batch (or max_batch at a time), guided by the box energy
+    cond = encode_prompts(pipe, plan.prompts)
+    uncond = encode_prompts(pipe, [plan.negative_prompt])
+    chunk = config.max_batch or n
+    hooks, latents, maps, references = [], [], [], []
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(lo + chunk, n))
+        hook = BoxGuidance(targets[sl], guidance_cfg)
+        store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
+                               steps=mask_steps | transfer_steps)
+        result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, config.guidance_scale,
+                         hooks=[hook], attention_store=store, keep_latents=True, progress=progress)
+        hooks.append(hook)
+        latents.append(result.latents_history)
+        maps.append(store.aggregate(layers=mask_layers, steps=mask_steps)[:, 0])  # (chunk, h', w'), word token
+        guided = {r.layer for r in store.select(guidance_cfg.layers)}
+        for e in range(sl.stop - sl.start):
+            references.append({k: v for k, v in store.per_element_maps(e).items()
+                               if k[1] in transfer_steps and k[0] in guided})
+    latents_all = torch.cat(latents, dim=1)
+    images = decode_latents(pipe, latents_all[-1].to(shared_noise.device))
+    return PerBoxResult(plan, latents_all, images, torch.cat(maps), word_tokens, references, hooks,
+                        guidance_cfg.layers)
 
 
 # =============================================================================================================

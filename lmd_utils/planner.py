@@ -27,24 +27,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from .grammar import NUMBER_WORDS, is_plural, singularize, with_article
 from .layout import CANVAS_SIZE, DEFAULT_BACKGROUND, Layout
 
 SOURCE_NAME = "offline planner"
 
-NUMBER_WORDS = {
-    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-    "nine": 9, "ten": 10, "a pair of": 2, "a couple of": 2, "a few": 3, "some": 3, "several": 4, "many": 5,
-}
 #: Instances drawn for a bare plural ("apples on a table").
 BARE_PLURAL_COUNT = 3
-_IRREGULAR_PLURALS = {
-    "people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse", "geese": "goose",
-    "teeth": "tooth", "feet": "foot", "oxen": "ox", "knives": "knife", "leaves": "leaf", "wolves": "wolf",
-    "shelves": "shelf", "loaves": "loaf", "halves": "half", "scarves": "scarf", "sheep": "sheep", "fish": "fish",
-    "deer": "deer", "glasses": "glass", "buses": "bus", "dice": "die", "shoes": "shoe", "toes": "toe",
-    "canoes": "canoe",
-}
-_NOT_PLURAL_ENDINGS = ("ss", "us", "is", "ous")
 _POSITIONS = ("left", "right", "top", "bottom", "middle", "center", "centre")
 
 _PREFIX_RE = re.compile(
@@ -103,29 +92,6 @@ class ParsedPrompt:
 # ------------------------------------------------------------------------------------------------------------
 # Words
 # ------------------------------------------------------------------------------------------------------------
-def singularize(word: str) -> str:
-    """``"chairs" → "chair"``, ``"boxes" → "box"``, ``"berries" → "berry"``, ``"mice" → "mouse"`` (a small rule set)."""
-    lower = word.lower()
-    if lower in _IRREGULAR_PLURALS:
-        return _IRREGULAR_PLURALS[lower]
-    if lower.endswith(_NOT_PLURAL_ENDINGS) or len(lower) < 3 or not lower.endswith("s"):
-        return word
-    if lower.endswith("ies") and len(lower) > 4:
-        return word[:-3] + "y"
-    if lower.endswith(("ches", "shes", "xes", "sses", "oes")):
-        return word[:-2]
-    return word[:-1]
-
-
-def is_plural(word: str) -> bool:
-    return singularize(word).lower() != word.lower() or word.lower() in ("sheep", "fish", "deer")
-
-
-def with_article(phrase: str) -> str:
-    """``"orange bottle" → "an orange bottle"`` (by the first letter; good enough for captions)."""
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
 def _singular_phrase(words: list[str]) -> str:
     """Singularise the head noun: the last word, or the word before "of" ("cups of tea" → "cup of tea")."""
     head = words.index("of") - 1 if "of" in words[1:] else len(words) - 1
@@ -290,4 +256,4 @@ class OfflinePlanner:
 
 
 __all__ = ["OfflinePlanner", "plan_layout", "parse_prompt", "place_groups", "ObjectGroup", "ParsedPrompt",
-           "singularize", "with_article", "SOURCE_NAME"]
+           "SOURCE_NAME"]

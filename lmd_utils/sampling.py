@@ -5,8 +5,8 @@ sampling is a *hook* called around each step:
 
 * ``before_step(state) -> latents | None``: e.g. :class:`BoxGuidance`, the energy-gradient update
   ``z ← z − η·√(1−ᾱ_t)·∇_z E`` applied before the UNet's noise prediction;
-* ``after_step(state) -> latents | None``: e.g. the composed pass's latent replacement (per-box latents
-  pasted into the mask for the first steps), written in :mod:`lmd_utils.per_box`.
+* ``after_step(state) -> latents | None``: e.g. the composed pass's frozen foreground (composed per-box latents
+  pasted into the masks for the first steps), :class:`~lmd_utils.composition.FrozenForeground`.
 
 Return ``None`` to leave the latents alone.  ``state`` is a :class:`StepState`.  The same loop serves vanilla
 SD, the per-box pass (all boxes in one batch: latents ``(n, C, h, w)``, one prompt embedding per box) and the
@@ -22,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .attention import (GUIDANCE_LAYERS, AttentionStore, capture_cross_attention, phrase_token_indices,
+from .attention import (AttentionStore, capture_cross_attention, phrase_token_indices,
                         reduce_over_heads, run_unet_until_captured)
+from .config import GuidanceConfig
 from .energy import attention_transfer_energy, box_energy
 from .layout import Box
 from .models import model_device, model_dtype, scheduler_copy
@@ -58,10 +59,6 @@ class StepState:
     noise_pred: torch.Tensor | None = None
     latents_history: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-class Hook(Protocol):
-    """Anything with optional ``before_step(state)`` / ``after_step(state)`` methods returning latents or None."""
 
 
 @dataclass
@@ -184,76 +181,6 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
 
 
 # -- box guidance ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """Settings of :class:`BoxGuidance`; defaults reproduce the authors' LMD code on SD 1.5.
-
-    The authors' code (``generation/lmd.py``, ``models/pipelines.py::latent_backward_guidance``,
-    ``utils/guidance.py``) SUMS the energy over attention heads and uses ``loss_scale = 5``,
-    ``loss_threshold = 5.0``, ``ref_ca_loss_weight = 2`` (transfer term averaged over heads).  Summing makes
-    the scale depend on the head count (8 in SD 1.5's guidance layers, 20 in SD 2.x's), so by default we
-    AVERAGE over heads and express the authors' numbers per head of SD 1.5, which gives the very same updates
-    and stopping decisions on SD 1.5 (for the same tokens: the authors also guide the article tokens, see
-    :func:`~lmd_utils.attention.phrase_token_indices`) and keeps the balance on other models:
-    ``loss_scale = 5·8``, ``loss_threshold = 5/8``, ``transfer_weight = 2/8``.
-    :meth:`authors` gives the literal values with ``head_reduction="sum"``.  Other models (the pixel-space toy
-    world, v-prediction) need their own calibration of ``loss_scale``.
-
-    Fields (provenance):
-      loss_scale: η, the energy is multiplied by it before the gradient (authors: ``loss_scale=5``).
-      loss_threshold: a batch element is updated only while its energy is above this (authors:
-        ``loss_threshold=5.0`` on the un-scaled, head-summed loss).  We re-evaluate it on the current latents
-        at every iteration and every step; the authors test the loss of the *previous* forward (before the
-        last update) and carry it across steps, so once it drops below the threshold guidance never runs
-        again in that image.
-      iterations: gradient steps per denoising step (authors' ``max_iter = [4]*5 + [3]*5 + [2]*5 + [2]*5 +
-        [1]*10``); past the end of the list its last value is used (as the authors do).
-      guidance_steps: guidance on denoising steps ``0 .. guidance_steps-1`` (authors: ``max_index_step=30`` of 50).
-      top_fraction, inside_weight, outside_weight: the energy's top-k fraction and weights (authors:
-        ``fg_top_p = bg_top_p = 0.2``, ``fg_weight = 1``, ``bg_weight = 4``).
-      transfer_weight: λ of the attention-transfer term (authors 2, head-averaged; see above).
-      head_reduction: ``"mean"`` or ``"sum"`` over heads for the box energy.
-      layers: the guidance layers (authors' ``DEFAULT_GUIDANCE_ATTN_KEYS``).
-      truncate_forward: stop the guidance forward after the last guidance layer (not in the authors' code:
-        same maps, less compute; the energy needs nothing after ``up_blocks.1``).
-    """
-
-    loss_scale: float = 5.0 * 8
-    loss_threshold: float = 5.0 / 8
-    iterations: tuple[int, ...] = (4,) * 5 + (3,) * 5 + (2,) * 10 + (1,) * 10
-    guidance_steps: int = 30
-    top_fraction: float = 0.2
-    inside_weight: float = 1.0
-    outside_weight: float = 4.0
-    transfer_weight: float = 2.0 / 8
-    head_reduction: str = "mean"
-    layers: tuple[str, ...] = GUIDANCE_LAYERS
-    truncate_forward: bool = True
-
-    def __post_init__(self) -> None:
-        if self.head_reduction not in ("mean", "sum"):
-            raise ValueError(f"head_reduction must be 'mean' or 'sum', got {self.head_reduction!r}")
-        if not self.iterations or min(self.iterations) < 0:
-            raise ValueError(f"iterations must be a non-empty list of counts >= 0, got {self.iterations}")
-
-    @classmethod
-    def authors(cls, **overrides) -> "GuidanceConfig":
-        """The literal values of the authors' code (head-summed energy; scale depends on the head count)."""
-        return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum"), **overrides)
-
-    def iterations_at(self, step: int) -> int:
-        if step >= self.guidance_steps:
-            return 0
-        return self.iterations[min(step, len(self.iterations) - 1)]
-
-    def scaled_to(self, num_inference_steps: int, reference_steps: int = 50) -> "GuidanceConfig":
-        """The same schedule stretched to ``num_inference_steps`` (guided fraction and iteration profile kept)."""
-        ratio = reference_steps / num_inference_steps
-        steps = max(1, round(self.guidance_steps / ratio)) if self.guidance_steps else 0
-        iters = tuple(self.iterations[min(int(i * ratio), len(self.iterations) - 1)] for i in range(max(steps, 1)))
-        return replace(self, guidance_steps=steps, iterations=iters)
-
-
 @dataclass(frozen=True)
 class ObjectTarget:
     """One phrase: its box(es) (union mask, as the authors do for "two cats") and its tokens in the prompt."""

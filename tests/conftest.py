@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from openai_server import FakeOpenAIServer
 
@@ -57,3 +58,11 @@ def openai_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CUDA, no Apple MPS and no ``$LMD_DEVICE``, wherever the tests run."""
+    monkeypatch.delenv("LMD_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

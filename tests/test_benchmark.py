@@ -23,7 +23,8 @@ from lmd_utils.benchmark import (
     run_benchmark,
     spatial_ok,
 )
-from lmd_utils.llm_layouts import LLMConfig, LLMLayoutSource, ReplyFileSource
+from lmd_utils.llm_client import LLMConfig, LLMLayoutSource
+from lmd_utils.llm_layouts import ReplyFileSource
 from lmd_utils.planner import OfflinePlanner
 
 pytestmark = pytest.mark.usefixtures("no_llm_env")

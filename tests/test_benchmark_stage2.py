@@ -17,9 +17,9 @@ from lmd_utils.__main__ import main as cli_main
 from lmd_utils.benchmark import PromptSpec, TASKS
 from lmd_utils.layout import Box, Layout
 from lmd_utils.models import build_tiny_pipeline
-from lmd_utils.pipeline import LMDConfig, generate_sd
+from lmd_utils.config import GuidanceConfig, LMDConfig
+from lmd_utils.pipeline import generate_sd
 from lmd_utils.planner import plan_layout
-from lmd_utils.sampling import GuidanceConfig
 from lmd_utils.toyworld.benchmark import (CALIBRATION_FIRST_SEED, REPORT_FIRST_SEED, calibrate, detected_objects,
                                           four_task_average, merged_settings, parse_methods,
                                           plain_images, run_toy_benchmark, score_images, toy_benchmark_prompts,
@@ -296,7 +296,8 @@ def test_calibration_never_takes_a_value_over_the_time_budget(tiny_toy):
 
 def test_unet_of_another_shape_without_lmd_config_guides_on_all_layers(tiny_toy):
     """No ``lmd_config.json`` and not SD-shaped: the defaults select every cross-attention layer (was a crash)."""
-    from lmd_utils.pipeline import default_layers, generate
+    from lmd_utils.attention import default_layers
+    from lmd_utils.pipeline import generate
     assert default_layers(tiny_toy.unet) == ("all", "all")
     config = LMDConfig.for_pipe(tiny_toy, background="", per_box_negative_prompt="",
                                 overall_negative_prompt="").with_steps(4)

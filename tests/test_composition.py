@@ -10,7 +10,6 @@ from lmd_utils.composition import (
     align_to_box,
     alignment_shift,
     apply_frozen_step,
-    attention_transfer_targets,
     center_of_mass,
     compose_latents,
     foreground_indices,
@@ -155,19 +154,3 @@ def test_frozen_step_count_and_indexing():
     assert (apply_frozen_step(z, 0, composed, big, frozen)[:, big] == 1.0).all()  # after step 0 → composed[1]
     assert (apply_frozen_step(z, 1, composed, big, frozen)[:, big] == 2.0).all()
     assert torch.equal(apply_frozen_step(z, 2, composed, big, frozen), z)  # no longer frozen
-
-
-def test_attention_transfer_targets_normalised_inside_box():
-    g = torch.Generator().manual_seed(3)
-    maps = torch.rand(2, 5, 16, 16, generator=g)  # (n, T, h', w')
-    boxes = [Box("a", 0.0, 0.0, 0.5, 0.5), Box("b", 0.25, 0.5, 1.0, 1.0)]
-    targets = attention_transfer_targets(maps, boxes)
-    assert targets.shape == maps.shape
-    for i, b in enumerate(boxes):
-        inside = b.mask(16, 16, dtype=torch.bool)
-        assert torch.allclose(targets[i].sum((-2, -1)), torch.ones(5), atol=1e-4)
-        assert (targets[i][:, ~inside] == 0).all()
-        ratio = targets[i][:, inside] / maps[i][:, inside]
-        assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio))  # a per-step rescaling of the in-box values
-    with pytest.raises(ValueError):
-        attention_transfer_targets(maps, boxes[:1])

@@ -118,3 +118,25 @@ def test_scheduler_copy_is_fresh_ddim_with_the_pipe_config(pipe):
     from diffusers import EulerDiscreteScheduler
     e = models.scheduler_copy(pipe, EulerDiscreteScheduler.from_config(pipe.scheduler.config))
     assert isinstance(e, EulerDiscreteScheduler)
+
+
+def test_device_order_is_cuda_then_mps_then_cpu(monkeypatch, no_accelerator):
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    monkeypatch.setenv(models.ENV_DEVICE, "cpu")  # CI forces the CPU even where a GPU exists
+    assert pick_device() == torch.device("cpu")
+    assert pick_device("mps") == torch.device("mps")  # an explicit argument wins over the environment
+
+
+def test_unavailable_or_unknown_device_is_an_error(no_accelerator):
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        pick_device("cuda:0")
+    with pytest.raises(RuntimeError, match="MPS is not available"):
+        pick_device("mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("gpu please")
+    assert models.default_dtype(torch.device("cuda")) == torch.float16
+    assert models.default_dtype(torch.device("cpu")) == torch.float32

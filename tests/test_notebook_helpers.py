@@ -28,7 +28,6 @@ from lmd_utils.notebook import (
     figure_to_png,
     find_reference_file,
     layout_editor,
-    pick_device,
     plot_benchmark,
     seed_everything,
     setup,
@@ -48,35 +47,6 @@ def layout() -> Layout:
 # =============================================================================================================
 # Set-up
 # =============================================================================================================
-@pytest.fixture
-def no_accelerator(monkeypatch):
-    monkeypatch.delenv(notebook.ENV_DEVICE, raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-
-
-def test_device_order_is_cuda_then_mps_then_cpu(monkeypatch, no_accelerator):
-    assert pick_device() == torch.device("cpu")
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert pick_device() == torch.device("mps")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device() == torch.device("cuda")
-    monkeypatch.setenv(notebook.ENV_DEVICE, "cpu")  # CI forces the CPU even where a GPU exists
-    assert pick_device() == torch.device("cpu")
-    assert pick_device("mps") == torch.device("mps")  # an explicit argument wins over the environment
-
-
-def test_unavailable_or_unknown_device_is_an_error(no_accelerator):
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
-        pick_device("cuda:0")
-    with pytest.raises(RuntimeError, match="MPS is not available"):
-        pick_device("mps")
-    with pytest.raises(ValueError, match="unknown device"):
-        pick_device("gpu please")
-    assert notebook.default_dtype(torch.device("cuda")) == torch.float16
-    assert notebook.default_dtype(torch.device("cpu")) == torch.float32
-
-
 def test_seed_everything_makes_all_generators_repeat():
     seed_everything(3)
     first = (random.random(), float(np.random.rand()), float(torch.rand(())))

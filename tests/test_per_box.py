@@ -1,16 +1,19 @@
 import pytest
 import torch
 
+from lmd_utils.attention import object_word
+from lmd_utils.config import PER_BOX_NEGATIVE_PROMPT
 from lmd_utils.layout import Box, Layout
-from lmd_utils.per_box import (
-    PER_BOX_NEGATIVE_PROMPT, blend_box_noise, generation_box, object_word, per_box_prompt, plan_per_box,
-)
+from lmd_utils.per_box import blend_box_noise, generation_box, per_box_prompt, plan_per_box
 
 
 def test_prompts_and_words():
     assert per_box_prompt("A realistic scene.", "a red car") == "A realistic scene with a red car"
     assert per_box_prompt("", "a red car") == "a red car"
     assert object_word("a jumping pink dolphin.") == "dolphin"
+    assert object_word("a red car, parked") == "parked" and object_word("two cats!") == "cats"
+    with pytest.raises(ValueError, match="has no words"):
+        object_word("...")
 
 
 def test_authors_placement_centres_horizontally_with_floor_padding():

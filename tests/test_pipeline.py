@@ -2,10 +2,12 @@
 import pytest
 import torch
 
+from lmd_utils.attention import GUIDANCE_LAYERS, MASK_LAYERS, default_layers
+from lmd_utils.composition import compose_trajectory, overall_phrases, overall_prompt, overall_prompt_for
+from lmd_utils.config import LMDConfig
 from lmd_utils.layout import Box, Layout
-from lmd_utils.models import build_tiny_pipeline
-from lmd_utils.pipeline import LMDConfig, default_layers, generate, generate_sd, overall_phrases, overall_prompt
-from lmd_utils.attention import GUIDANCE_LAYERS, MASK_LAYERS
+from lmd_utils.models import build_tiny_pipeline, initial_noise
+from lmd_utils.pipeline import generate, generate_sd
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,17 @@ def test_generate_keeps_every_intermediate(result, layout, config):
     assert len(result.per_box.energy_log(2)) > 0
 
 
+def test_result_keeps_what_generate_composed(pipe, result, layout, config):
+    assert len(result.aligned) == len(layout)
+    assert result.aligned[0].latents.shape == result.per_box.latents[:, 0].shape  # every step moved
+    assert result.per_box.plan.words == ["cat", "dog", "dog"]
+    assert [pipe.tokenizer.decode([pipe.tokenizer(p).input_ids[t]]) for p, t in
+            zip(result.per_box.plan.prompts, result.per_box.word_tokens)] == ["cat", "dog", "dog"]
+    shared = initial_noise(pipe, 1, *config.resolution(pipe), seed=1)
+    composed, union = compose_trajectory(result.aligned, shared)
+    assert torch.equal(composed, result.composed_latents) and torch.equal(union, result.union_mask)
+
+
 def test_each_box_prompt_is_background_with_caption(result):
     assert result.per_box.plan.prompts == ["a park with a red cat", "a park with a dog", "a park with a dog"]
 
@@ -84,8 +97,10 @@ def test_aligned_masks_sit_on_their_target_boxes(result, layout):
 
 
 def test_frozen_steps_copy_the_composed_foreground(result, config):
-    union = result.aligned_masks.any(0)
+    union = result.union_mask
+    assert torch.equal(union, result.aligned_masks.any(0))
     frozen = int(config.num_inference_steps * config.frozen_ratio)
+    assert result.frozen_steps == frozen
     for k in range(1, frozen + 1):
         z, c = result.overall_latents[k, 0], result.composed_latents[k]
         assert torch.equal(z[:, union], c[:, union].to(z.dtype))
@@ -104,7 +119,9 @@ def test_same_seed_same_image_other_seed_other_image(pipe, layout, config, resul
 def test_layout_without_boxes_is_plain_sd_with_the_negative_prompt(pipe, config):
     empty = Layout([], "a park", "cats", "a park without cats")
     out = generate(pipe, empty, seed=1, config=config, progress=False)
-    assert out.method == "sd" and out.negative_prompt == "cats"
+    assert out.method == "sd" and out.negative_prompt == "cats" and out.prompt == "a park"
+    no_background = generate(pipe, Layout([], "", "", "a park"), seed=1, config=config, progress=False)
+    assert no_background.prompt == "a park"  # the prompt it sampled from
     assert torch.equal(out.image, generate_sd(pipe, "a park", seed=1, config=config, negative_prompt="cats",
                                               progress=False))
 
@@ -135,8 +152,6 @@ def test_one_box_at_a_time_equals_the_batched_pass(pipe, layout, config, result)
 def test_source_prompt_is_not_used_when_it_names_the_excluded_object(pipe, config):
     from dataclasses import replace
 
-    from lmd_utils.pipeline import _overall_prompt_for
-
     lay = Layout([Box("a cat", 0.1, 0.2, 0.5, 0.8)], "", "dogs", "a cat without dogs")
-    assert _overall_prompt_for(lay, "source", pipe.tokenizer) == ("a cat", 0)
-    assert _overall_prompt_for(replace(lay, negative=""), "source", pipe.tokenizer) == ("a cat without dogs", 0)
+    assert overall_prompt_for(lay, "source", pipe.tokenizer) == ("a cat", 0)
+    assert overall_prompt_for(replace(lay, negative=""), "source", pipe.tokenizer) == ("a cat without dogs", 0)

@@ -10,8 +10,9 @@ from matplotlib.figure import Figure
 from lmd_utils.layout import Box, Layout
 from lmd_utils.models import build_tiny_pipeline
 from lmd_utils.notebook import figure_to_png
-from lmd_utils.pipeline import (RESULT_VIEWS, LMDConfig, aligned_objects, generate, prompt_grid_figure,
-                                result_explorer, result_figure, result_is_pixel_space)
+from lmd_utils.config import LMDConfig
+from lmd_utils.pipeline import (RESULT_VIEWS, generate, prompt_grid_figure, result_explorer, result_figure,
+                                result_is_pixel_space)
 
 STEPS = 4
 LAYOUT = Layout([Box("a red cat", 0.05, 0.1, 0.45, 0.6), Box("a dog", 0.55, 0.3, 0.95, 0.9)],
@@ -46,14 +47,6 @@ def test_pixel_space_is_read_from_the_tensors(latent_result, pixel_result):
         result_is_pixel_space(no_boxes)
     with pytest.raises(ValueError, match="no per-box pass"):
         result_figure(no_boxes)
-
-
-def test_aligned_objects_are_the_ones_generate_pasted(latent_result, pixel_result):
-    for result in (latent_result, pixel_result):
-        aligned = aligned_objects(result)
-        assert len(aligned) == len(LAYOUT)
-        assert torch.equal(torch.stack([a.mask for a in aligned]), result.aligned_masks)
-        assert aligned[0].latents.shape == result.per_box.latents[:, 0].shape  # every step moved
 
 
 @pytest.mark.parametrize("view", list(RESULT_VIEWS))

@@ -10,8 +10,8 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from lmd_utils.attention import GUIDANCE_LAYERS, MASK_LAYERS, AttentionStore, phrase_token_indices
 from lmd_utils.layout import Box
 from lmd_utils.models import SD_SCHEDULER_CONFIG, build_tiny_pipeline, encode_prompts, initial_noise
-from lmd_utils.sampling import (BoxGuidance, GuidanceConfig, ImageTargets, ObjectTarget, TransferTarget, denoise,
-                                guidance_step_scale)
+from lmd_utils.config import GuidanceConfig
+from lmd_utils.sampling import BoxGuidance, ImageTargets, ObjectTarget, TransferTarget, denoise, guidance_step_scale
 
 PROMPTS = ["a realistic scene with a cat", "a realistic scene with a dog"]
 

@@ -51,7 +51,8 @@ from ..attention import ALL_LAYERS, AttentionStore, mass_inside_box, word_token_
 from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, run_benchmark
 from ..layout import CANVAS_SIZE
 from ..models import decode_latents, default_resolution, encode_prompts, initial_noise, is_pixel_space
-from ..pipeline import LMDConfig, generate
+from ..config import LMDConfig
+from ..pipeline import generate
 from ..planner import plan_layout
 from ..sampling import denoise
 from .detector import detect, detect_boxes

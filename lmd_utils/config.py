@@ -1,0 +1,204 @@
+"""Every setting of LMD's stage 2 in one place, with where each default comes from.
+
+:class:`GuidanceConfig` configures the box guidance of one pass (:class:`~lmd_utils.sampling.BoxGuidance`);
+:class:`LMDConfig` configures a whole :func:`~lmd_utils.pipeline.generate` run (both passes, masks, composition).
+The defaults are the authors' (``generation/lmd.py``, ``models/pipelines.py``, ``utils/guidance.py``); every place
+where we differ is a field named in the docstrings, so the authors' behaviour is one switch away.  Models that ship
+an ``lmd_config.json`` (the toy world) get their calibrated settings from :meth:`LMDConfig.for_pipe`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from .attention import GUIDANCE_LAYERS
+from .energy import INSIDE_WEIGHT, OUTSIDE_WEIGHT, TOP_FRACTION
+from .models import default_resolution
+
+#: The authors' negative prompt for per-box generation (discourages duplicates and cut-off objects).
+PER_BOX_NEGATIVE_PROMPT = (
+    "artifacts, blurry, smooth texture, bad quality, distortions, unrealistic, distorted image, bad proportions, "
+    "duplicate, two, many, group, occlusion, occluded, side, border, collate"
+)
+#: Fraction of the denoising steps during which the foreground is copied from the composed latents (authors).
+FROZEN_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Settings of :class:`BoxGuidance`; defaults reproduce the authors' LMD code on SD 1.5.
+
+    The authors' code (``generation/lmd.py``, ``models/pipelines.py::latent_backward_guidance``,
+    ``utils/guidance.py``) SUMS the energy over attention heads and uses ``loss_scale = 5``,
+    ``loss_threshold = 5.0``, ``ref_ca_loss_weight = 2`` (transfer term averaged over heads).  Summing makes
+    the scale depend on the head count (8 in SD 1.5's guidance layers, 20 in SD 2.x's), so by default we
+    AVERAGE over heads and express the authors' numbers per head of SD 1.5, which gives the very same updates
+    and stopping decisions on SD 1.5 (for the same tokens: the authors also guide the article tokens, see
+    :func:`~lmd_utils.attention.phrase_token_indices`) and keeps the balance on other models:
+    ``loss_scale = 5·8``, ``loss_threshold = 5/8``, ``transfer_weight = 2/8``.
+    :meth:`authors` gives the literal values with ``head_reduction="sum"``.  Other models (the pixel-space toy
+    world, v-prediction) need their own calibration of ``loss_scale``.
+
+    Fields (provenance):
+      loss_scale: η, the energy is multiplied by it before the gradient (authors: ``loss_scale=5``).
+      loss_threshold: a batch element is updated only while its energy is above this (authors:
+        ``loss_threshold=5.0`` on the un-scaled, head-summed loss).  We re-evaluate it on the current latents
+        at every iteration and every step; the authors test the loss of the *previous* forward (before the
+        last update) and carry it across steps, so once it drops below the threshold guidance never runs
+        again in that image.
+      iterations: gradient steps per denoising step (authors' ``max_iter = [4]*5 + [3]*5 + [2]*5 + [2]*5 +
+        [1]*10``); past the end of the list its last value is used (as the authors do).
+      guidance_steps: guidance on denoising steps ``0 .. guidance_steps-1`` (authors: ``max_index_step=30`` of 50).
+      top_fraction, inside_weight, outside_weight: the energy's top-k fraction and weights (authors:
+        ``fg_top_p = bg_top_p = 0.2``, ``fg_weight = 1``, ``bg_weight = 4``).
+      transfer_weight: λ of the attention-transfer term (authors 2, head-averaged; see above).
+      head_reduction: ``"mean"`` or ``"sum"`` over heads for the box energy.
+      layers: the guidance layers (authors' ``DEFAULT_GUIDANCE_ATTN_KEYS``).
+      truncate_forward: stop the guidance forward after the last guidance layer (not in the authors' code:
+        same maps, less compute; the energy needs nothing after ``up_blocks.1``).
+    """
+
+    loss_scale: float = 5.0 * 8
+    loss_threshold: float = 5.0 / 8
+    iterations: tuple[int, ...] = (4,) * 5 + (3,) * 5 + (2,) * 10 + (1,) * 10
+    guidance_steps: int = 30
+    top_fraction: float = TOP_FRACTION
+    inside_weight: float = INSIDE_WEIGHT
+    outside_weight: float = OUTSIDE_WEIGHT
+    transfer_weight: float = 2.0 / 8
+    head_reduction: str = "mean"
+    layers: tuple[str, ...] = GUIDANCE_LAYERS
+    truncate_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head_reduction not in ("mean", "sum"):
+            raise ValueError(f"head_reduction must be 'mean' or 'sum', got {self.head_reduction!r}")
+        if not self.iterations or min(self.iterations) < 0:
+            raise ValueError(f"iterations must be a non-empty list of counts >= 0, got {self.iterations}")
+
+    @classmethod
+    def authors(cls, **overrides) -> "GuidanceConfig":
+        """The literal values of the authors' code (head-summed energy; scale depends on the head count)."""
+        return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum"), **overrides)
+
+    def on_layers(self, layers: str | Sequence[str]) -> "GuidanceConfig":
+        """These settings, guiding on ``layers`` (the model's guidance layers) unless they name their own."""
+        return self if self.layers else replace(self, layers=_layer_tuple(layers))
+
+    def iterations_at(self, step: int) -> int:
+        if step >= self.guidance_steps:
+            return 0
+        return self.iterations[min(step, len(self.iterations) - 1)]
+
+    def scaled_to(self, num_inference_steps: int, reference_steps: int = 50) -> "GuidanceConfig":
+        """The same schedule stretched to ``num_inference_steps`` (guided fraction and iteration profile kept)."""
+        ratio = reference_steps / num_inference_steps
+        steps = max(1, round(self.guidance_steps / ratio)) if self.guidance_steps else 0
+        iters = tuple(self.iterations[min(int(i * ratio), len(self.iterations) - 1)] for i in range(max(steps, 1)))
+        return replace(self, guidance_steps=steps, iterations=iters)
+
+
+
+#: The authors' negative prompt for the composed (overall) generation.
+OVERALL_NEGATIVE_PROMPT = ("artifacts, blurry, smooth texture, bad quality, distortions, unrealistic, distorted image, "
+                           "bad proportions, duplicate")
+
+
+@dataclass(frozen=True)
+class LMDConfig:
+    """Every setting of :func:`~lmd_utils.pipeline.generate`; defaults are the authors' (``generation/lmd.py``) unless noted.
+
+    num_inference_steps: 50 DDIM steps.  guidance_scale: classifier-free guidance 7.5.
+    height, width: image size (``None``: the model's native size).
+    per_box_guidance / overall_guidance: :class:`GuidanceConfig` of each pass (authors:
+        the same schedule for both, first 30 of 50 steps).  ``layers=None`` in them means "the model's guidance
+        layers" (:func:`~lmd_utils.attention.default_layers`).
+    mask_layers: where the object masks are read (authors: ``down_blocks.2.attentions.1``); ``None``: model default.
+    mask_start_step: attention for masks is averaged over steps ``mask_start_step..T-1`` (authors: 10 of 50).
+    mask_method: ``"normalized"`` (authors' coarse mask: min-max normalised map ≥ 0.25) or ``"quantile"`` (keep
+        the top 75 % of in-box cells).  A SAM backend passed to :func:`~lmd_utils.pipeline.generate` refines either.
+    placement, floor_padding: where each object is generated alone (authors: centred horizontally, bottom at 0.8).
+    noise_blend_ratio: r in √(1−r)·z_T + √r·z_i inside each box (authors 0.01).
+    frozen_ratio: fraction of steps whose foreground is copied from the composed latents (authors 0.5).
+    attention_transfer: pull the overall attention towards the per-box attention (authors: on, λ = 2).
+    per_box_negative_prompt / overall_negative_prompt: the authors' negative prompts; the layout's own negative
+        prompt is prepended to both.
+    background: replaces the layout's background prompt when not ``None`` (models trained without backgrounds,
+        such as the toy world, use ``""``: per-box prompts are then the bare captions).
+    overall_prompt: ``"authors"`` builds ``"[background] with [phrase], ..."``; ``"source"`` uses the user's prompt
+        (``layout.prompt``) when every phrase occurs in it and it does not name the layout's negative prompt (a model
+        trained on one caption grammar, such as the toy world, understands its own grammar best), else falls back
+        to the authors' form.
+    max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
+        as the authors' code).
+    """
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    per_box_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(layers=()))
+    overall_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(layers=()))
+    mask_layers: tuple[str, ...] | None = None
+    mask_start_step: int = 10
+    mask_method: Literal["normalized", "quantile"] = "normalized"
+    placement: Literal["authors", "box"] = "authors"
+    floor_padding: float = 0.2
+    noise_blend_ratio: float = 0.01
+    frozen_ratio: float = FROZEN_RATIO
+    attention_transfer: bool = True
+    per_box_negative_prompt: str = PER_BOX_NEGATIVE_PROMPT
+    overall_negative_prompt: str = OVERALL_NEGATIVE_PROMPT
+    background: str | None = None
+    overall_prompt: Literal["authors", "source"] = "authors"
+    max_batch: int | None = None
+
+    def resolution(self, pipe) -> tuple[int, int]:
+        """``(height, width)`` of the image: the configured size, else the model's native one."""
+        h, w = default_resolution(pipe)
+        return self.height or h, self.width or w
+
+    def with_steps(self, num_inference_steps: int) -> "LMDConfig":
+        """The same method on fewer (or more) steps: guidance schedules and the mask window scale along."""
+        ratio = num_inference_steps / self.num_inference_steps
+        return replace(
+            self, num_inference_steps=num_inference_steps,
+            per_box_guidance=self.per_box_guidance.scaled_to(num_inference_steps, self.num_inference_steps),
+            overall_guidance=self.overall_guidance.scaled_to(num_inference_steps, self.num_inference_steps),
+            mask_start_step=min(round(self.mask_start_step * ratio), max(num_inference_steps - 1, 0)),
+        )
+
+    @classmethod
+    def for_pipe(cls, pipe, **overrides) -> "LMDConfig":
+        """Defaults for ``pipe``: the authors' for SD checkpoints, or the ``lmd_config.json`` shipped in the model
+        folder (the toy world ships one with its calibrated guidance), then ``overrides``."""
+        settings: dict[str, Any] = {}
+        folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+        if folder.is_dir() and (folder / "lmd_config.json").exists():
+            settings = json.loads((folder / "lmd_config.json").read_text())
+        return cls.from_dict({**settings, **overrides})
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> "LMDConfig":
+        """An ``LMDConfig`` from an ``lmd_config.json``-style dict: guidance settings as nested dicts, JSON lists for
+        tuples, a layer selection as a list of prefixes or the string ``"all"``.  Unknown keys raise ``TypeError``."""
+        s = dict(settings)
+        for key in ("per_box_guidance", "overall_guidance"):
+            if isinstance(s.get(key), dict):
+                g = dict(s[key])
+                if "iterations" in g:
+                    g["iterations"] = tuple(g["iterations"])
+                if "layers" in g:
+                    g["layers"] = _layer_tuple(g["layers"])
+                s[key] = GuidanceConfig(**g)
+        if isinstance(s.get("mask_layers"), list):
+            s["mask_layers"] = tuple(s["mask_layers"])
+        return cls(**s)
+
+
+def _layer_tuple(layers: str | Sequence[str]) -> tuple[str, ...]:
+    """``"all"`` or ``"mid_block"`` → a one-element tuple (not a tuple of characters); a list → a tuple."""
+    return (layers,) if isinstance(layers, str) else tuple(layers)
