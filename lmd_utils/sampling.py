@@ -261,87 +261,79 @@ class BoxGuidance:
 
     For each guided step (``config.guidance_steps``, ``config.iterations``) and each iteration: one UNet
     forward on the CONDITIONAL embeddings only, capturing the guidance layers with gradients (truncated after
-    the last of them); per batch element the energy
+    the last of them); per batch element the energy (the authors' averaging)
 
-        E = mean_{layers, objects} mean_{tokens of the object} head-reduce[ box_energy(A, b) ]
-          + λ · mean_{layers, objects} mean_{boxes of the object} mean_heads[ transfer(A_word, A_ref, b) ]
+        E = mean over layers ℓ of [ mean over objects o of  mean over o's tokens k of  heads(box_energy(A_ℓ,k, b_o))
+                                   + λ · mean over phrases p of  mean over p's boxes i of  mean_heads(transfer(A_ℓ,k_i, R_ℓ,i, b_i)) ]
 
-    (the authors' averaging); elements above ``loss_threshold`` are updated
-    ``z ← z − loss_scale · scale_t · ∇_z E`` (:func:`guidance_step_scale`), the others stop for this step.
-    Batch elements are independent (each has its own :class:`ImageTargets`), so one batched forward serves
-    every box of the per-box pass.  ``log`` keeps one :class:`GuidanceLogEntry` per iteration.
+    with ``box_energy`` and ``transfer`` from :mod:`~lmd_utils.energy`, ``b_o`` the union of an object's boxes,
+    ``heads`` the configured head reduction and ``R`` the per-box reference maps.  Elements above
+    ``loss_threshold`` are updated ``z ← z − loss_scale · scale_t · ∇_z E`` (:func:`guidance_step_scale`), the
+    others stop for this step.  Batch elements are independent (each has its own :class:`ImageTargets`), so one
+    batched forward serves every box of the per-box pass.  ``log`` keeps one :class:`GuidanceLogEntry` per
+    iteration.
     """
 
     def __init__(self, targets: Sequence[ImageTargets], config: GuidanceConfig | None = None):
         self.targets = [t if isinstance(t, ImageTargets) else ImageTargets(*t) for t in targets]
         self.config = config or GuidanceConfig()
         self.log: list[GuidanceLogEntry] = []
-        self._mask_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        # flattened (element, object, token) and (element, transfer) entries, with the authors' weights
-        self._obj_entries: list[tuple[int, int, int, float]] = []  # element, object row, token, weight
-        self._tr_entries: list[tuple[int, int, int, float]] = []  # element, transfer row, token, weight
-        self._obj_boxes: list[tuple[Box, ...]] = []
-        self._transfers: list[TransferTarget] = []
-        for e, tgt in enumerate(self.targets):
-            for obj in tgt.objects:
-                row = len(self._obj_boxes)
-                self._obj_boxes.append(obj.boxes)
-                for tok in obj.token_indices:
-                    self._obj_entries.append((e, row, tok, 1.0 / (len(tgt.objects) * len(obj.token_indices))))
-            groups = [tr.object_index if tr.object_index is not None else ("own", k)
-                      for k, tr in enumerate(tgt.transfers)]
-            for k, tr in enumerate(tgt.transfers):
-                row = len(self._transfers)
-                self._transfers.append(tr)
-                weight = self.config.transfer_weight / (len(set(groups)) * groups.count(groups[k]))
-                self._tr_entries.append((e, row, tr.token_index, weight))
+        self._masks: dict[tuple[tuple[Box, ...], int, int], torch.Tensor] = {}
 
     # -- the energy -----------------------------------------------------------------------------------
-    def _masks(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (h, w)
-        if key not in self._mask_cache:
-            obj = [torch.stack([b.mask(h, w) for b in boxes]).amax(0) for boxes in self._obj_boxes]
-            tr = [t.box.mask(h, w) for t in self._transfers]
-            self._mask_cache[key] = (torch.stack(obj) if obj else torch.zeros(0, h, w),
-                                     torch.stack(tr) if tr else torch.zeros(0, h, w))
-        o, t = self._mask_cache[key]
-        return o.to(device), t.to(device)
+    def box_mask(self, boxes: Sequence[Box], h: int, w: int, device) -> torch.Tensor:
+        """The union of ``boxes`` on an ``h``×``w`` grid (cached: the same boxes come back every iteration)."""
+        key = (tuple(boxes), h, w)
+        if key not in self._masks:
+            self._masks[key] = torch.stack([b.mask(h, w) for b in boxes]).amax(0)
+        return self._masks[key].to(device)
+
+    def object_energy(self, maps: torch.Tensor, obj: ObjectTarget) -> torch.Tensor:
+        """Mean over the object's tokens of the head-reduced box energy; ``maps`` ``(tokens, heads, H, W)``."""
+        cfg = self.config
+        mask = self.box_mask(obj.boxes, *maps.shape[-2:], maps.device)
+        energy = box_energy(maps[list(obj.token_indices)], mask, cfg.top_fraction, cfg.inside_weight,
+                            cfg.outside_weight)  # (tokens, heads)
+        return reduce_over_heads(energy, cfg.head_reduction, dim=1).mean()
+
+    def transfer_energy(self, maps: torch.Tensor, transfers: Sequence[TransferTarget], layer: str,
+                        step: int) -> torch.Tensor:
+        """Mean over phrases of the mean over their boxes of the head-averaged transfer energy (the boxes of one
+        phrase share that phrase's weight, as in the authors' code; a box without a phrase is its own)."""
+        by_phrase: dict[Any, list[torch.Tensor]] = {}
+        for k, tr in enumerate(transfers):
+            ref = tr.reference.get((layer, step))
+            if ref is None:
+                raise KeyError(f"attention-transfer reference misses layer {layer!r} at step {step}")
+            if tuple(ref.shape) != tuple(maps.shape[1:]):
+                raise ValueError(f"reference map {tuple(ref.shape)} does not match {tuple(maps.shape[1:])} "
+                                 f"(heads, H, W) of layer {layer!r}")
+            mask = self.box_mask((tr.box,), *maps.shape[-2:], maps.device)
+            energy = attention_transfer_energy(maps[tr.token_index], ref.to(maps.device, torch.float32), mask)
+            by_phrase.setdefault(tr.object_index if tr.object_index is not None else ("own", k), []).append(
+                energy.mean())
+        return torch.stack([torch.stack(group).mean() for group in by_phrase.values()]).mean()
 
     def energy_from_store(self, store: AttentionStore, elements: Sequence[int], step: int) -> torch.Tensor:
         """Energies ``(len(elements),)`` from maps captured for the batch ``elements`` (in that order)."""
-        cfg = self.config
         layers = store.recorded_layers
         if not layers:
             raise RuntimeError("no guidance maps were captured")
-        local = {e: i for i, e in enumerate(elements)}
-        first = store.get(layers[0], step)
-        energies = torch.zeros(len(elements), device=first.device, dtype=torch.float32)
-        obj = [(local[e], r, tok, w) for e, r, tok, w in self._obj_entries if e in local]
-        tr = [(local[e], r, tok, w) for e, r, tok, w in self._tr_entries if e in local]
-        for layer in layers:
-            maps = store.get(layer, step).float().permute(0, 4, 1, 2, 3)  # (B, T, heads, H, W)
-            h, w = maps.shape[-2:]
-            obj_masks, tr_masks = self._masks(h, w, maps.device)
-            if obj:
-                rows, objs, toks, wts = (torch.tensor(c, device=maps.device) for c in zip(*obj))
-                e_q = box_energy(maps[rows, toks], obj_masks[objs][:, None], cfg.top_fraction,
-                                 cfg.inside_weight, cfg.outside_weight)  # (Q, heads)
-                e_q = reduce_over_heads(e_q, cfg.head_reduction, dim=1)
-                energies = energies.index_add(0, rows, e_q * wts.float() / len(layers))
-            if tr:
-                rows, trs, toks, wts = (torch.tensor(c, device=maps.device) for c in zip(*tr))
-                refs = []
-                for r in trs.tolist():
-                    ref = self._transfers[r].reference.get((layer, step))
-                    if ref is None:
-                        raise KeyError(f"attention-transfer reference misses layer {layer!r} at step {step}")
-                    if tuple(ref.shape) != tuple(maps.shape[2:]):
-                        raise ValueError(f"reference map {tuple(ref.shape)} does not match {tuple(maps.shape[2:])} "
-                                         f"(heads, H, W) of layer {layer!r}")
-                    refs.append(ref.to(device=maps.device, dtype=torch.float32))
-                t_r = attention_transfer_energy(maps[rows, toks], torch.stack(refs), tr_masks[trs][:, None])
-                energies = energies.index_add(0, rows, t_r.mean(dim=1) * wts.float() / len(layers))
-        return energies
+        energies = []
+        for row, element in enumerate(elements):
+            target = self.targets[element]
+            per_layer = []
+            for layer in layers:
+                maps = store.get(layer, step)[row].float().permute(3, 0, 1, 2)  # (tokens, heads, H, W)
+                energy = maps.new_zeros(())
+                if target.objects:
+                    energy = energy + torch.stack([self.object_energy(maps, o) for o in target.objects]).mean()
+                if target.transfers:
+                    energy = energy + self.config.transfer_weight * self.transfer_energy(
+                        maps, target.transfers, layer, step)
+                per_layer.append(energy)
+            energies.append(torch.stack(per_layer).mean())
+        return torch.stack(energies)
 
     def compute_energy(self, pipe, latents: torch.Tensor, timestep, step: int, cond_embeds: torch.Tensor,
                        scheduler, elements: Sequence[int] | None = None) -> torch.Tensor:

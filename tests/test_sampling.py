@@ -254,3 +254,38 @@ def test_full_size_sd15_unet_smoke():
     assert store.get("up_blocks.1.attentions.2", 1).shape == (1, 8, 16, 16, 1)
     assert store.get("down_blocks.2.attentions.1", 1).shape == (1, 8, 16, 16, 1)
     print(f"2 guided steps of a full-size SD 1.5 UNet at 64×64 latents on CPU: {elapsed:.1f} s")
+
+
+def test_energy_is_the_documented_mean_over_layers_objects_tokens_and_phrases():
+    """E = mean_layers[ mean_objects mean_tokens heads(box_energy) + λ·mean_phrases mean_boxes mean_heads(transfer) ]
+    on hand-made maps, with objects of one and two tokens, a phrase of two boxes and a box without a phrase."""
+    from lmd_utils.attention import AttentionRecord
+    from lmd_utils.energy import attention_transfer_energy, box_energy
+
+    g = torch.Generator().manual_seed(0)
+    heads, H, W, T = 2, 8, 8, 6
+    layers = ["mid_block.attentions.0", "up_blocks.1.attentions.0"]
+    store = AttentionStore(layers, keep="all")
+    for layer in layers:
+        store.records.append(AttentionRecord(layer, 3, torch.rand(1, heads, H, W, T, generator=g).softmax(-1)))
+    a, b, c = Box("a cat", 0, 0, .5, .5), Box("a dog", .5, .5, 1, 1), Box("a dog", 0, .5, .5, 1)
+    refs = [{(layer, 3): torch.rand(heads, H, W, generator=g) for layer in layers} for _ in range(3)]
+    target = ImageTargets(
+        objects=(ObjectTarget((a,), (1, 2)), ObjectTarget((b, c), (4,))),
+        transfers=(TransferTarget(b, 4, refs[0], object_index=1), TransferTarget(c, 4, refs[1], object_index=1),
+                   TransferTarget(a, 2, refs[2])))
+    config = GuidanceConfig(transfer_weight=0.7)
+    got = BoxGuidance([target], config).energy_from_store(store, [0], 3)
+
+    def mask(*boxes):
+        return torch.stack([x.mask(H, W) for x in boxes]).amax(0)
+
+    expected = 0.0
+    for layer in layers:
+        A = store.get(layer, 3)[0].permute(3, 0, 1, 2)  # (tokens, heads, H, W)
+        cat = box_energy(A[[1, 2]], mask(a)).mean(1).mean()
+        dogs = box_energy(A[[4]], mask(b, c)).mean(1).mean()
+        tr = [attention_transfer_energy(A[t], r[(layer, 3)], mask(x)).mean()
+              for t, r, x in ((4, refs[0], b), (4, refs[1], c), (2, refs[2], a))]
+        expected += (cat + dogs) / 2 + 0.7 * ((tr[0] + tr[1]) / 2 + tr[2]) / 2
+    torch.testing.assert_close(got, torch.stack([expected / len(layers)]))
