@@ -62,19 +62,6 @@ def source_from_args(args: argparse.Namespace):
     return source
 
 
-def save_layout_png(layout: Layout, out: str | Path, title: str | None = None) -> Path:
-    """Draw ``layout`` (boxes on a blank 512×512 canvas) to a PNG without touching pyplot's global state."""
-    from matplotlib.figure import Figure
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    layout.draw(ax=ax, title=title if title is not None else _title(layout))
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    return out
-
-
 def _title(layout: Layout) -> str:
     lines = [layout.prompt[:70] + ("…" if len(layout.prompt) > 70 else ""), f"background: {layout.background}"]
     if layout.negative:
@@ -97,7 +84,9 @@ def run_layout_command(args: argparse.Namespace) -> int:
     layout = source_from_args(args).get_layout(args.prompt)
     print(layout.to_json())
     if args.out is not None:
-        print(f"wrote {save_layout_png(layout, args.out)}", file=sys.stderr)
+        from .viz.layout import save_layout_png
+
+        print(f"wrote {save_layout_png(layout, args.out, title=_title(layout))}", file=sys.stderr)
     return 0
 
 
@@ -197,7 +186,8 @@ def load_sam_backend(spec: str | None):
 
 def run_generate_command(args: argparse.Namespace) -> int:
     from .models import load_pipeline
-    from .pipeline import LMDConfig, comparison_figure, generate, generate_sd
+    from .pipeline import LMDConfig, generate, generate_sd
+    from .viz.pipeline import comparison_figure
 
     layout = source_from_args(args).get_layout(args.prompt)
     if args.layout_out is not None:
@@ -245,6 +235,7 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
     model (a checkout that has not trained it yet) only the layout is drawn."""
     from .models import TOYWORLD_MODEL_DIR
     from .planner import plan_layout
+    from .viz.layout import save_layout_png
 
     if not (TOYWORLD_MODEL_DIR / "model_index.json").exists():
         layout = plan_layout(prompt or DEMO_PROMPT)
@@ -252,7 +243,8 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
         save_layout_png(layout, out, title=f"layout by the {layout.meta['source']}\n" + _title(layout))
         return layout
     from .models import load_pipeline
-    from .pipeline import LMDConfig, comparison_figure, generate, generate_sd
+    from .pipeline import LMDConfig, generate, generate_sd
+    from .viz.pipeline import comparison_figure
 
     prompt = prompt or TOY_DEMO_PROMPT
     layout = plan_layout(prompt)

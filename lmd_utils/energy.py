@@ -8,13 +8,13 @@ LMD guides both the per-box and the composed generation with a BoxDiff-style ene
 where ``A`` is a token's cross-attention map, ``b`` the box mask and ``TopK`` the mean of the largest ``k``
 values, ``k`` = 20 % of the cells inside (resp. outside) the box; ``w_in = 1``, ``w_out = 4`` (the authors'
 ``fg_weight``/``bg_weight`` for LMD).  The paper writes ``−TopK(A·b)``; the authors' code uses ``1 − TopK``,
-which has the same gradient and makes the stopping threshold (:class:`~lmd_utils.sampling.GuidanceConfig`)
+which has the same gradient and makes the stopping threshold (:class:`~lmd_utils.config.GuidanceConfig`)
 meaningful, so we keep it.
 
 The composed ("overall") pass adds LMD's attention-transfer term (paper §3.2, "attention transfer"):
 ``λ · Σ |Â_comp − Â_i|`` between the composed pass's map and the per-box pass's map of the same box, each
 normalised to sum 1 inside the box (λ = 2 in the authors' code, with their head handling; see
-:class:`~lmd_utils.sampling.GuidanceConfig`).
+:class:`~lmd_utils.config.GuidanceConfig`).
 
 Normalisation: the authors' LMD energy uses the raw softmax probabilities (each pixel's distribution over the
 77 tokens); BoxDiff's own code renormalises over the tokens without ⟨sot⟩ and smooths the maps.  We follow LMD:
@@ -26,12 +26,7 @@ All functions broadcast over leading dimensions (boxes, heads, tokens, images): 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
-
 import torch
-
-if TYPE_CHECKING:  # matplotlib is imported where pictures are drawn
-    from matplotlib.figure import Figure
 
 #: The authors' defaults (``fg_top_p = bg_top_p``, ``fg_weight``, ``bg_weight``); :class:`~lmd_utils.config.GuidanceConfig`
 #: uses them.
@@ -126,129 +121,3 @@ def energy_and_gradient(maps: torch.Tensor, masks: torch.Tensor, **box_energy_kw
         energy = box_energy(leaf, masks, **box_energy_kwargs).sum()
         (grad,) = torch.autograd.grad(energy, leaf)
     return energy.detach(), grad
-
-
-def energy_gradient_figure(maps: torch.Tensor, masks: torch.Tensor, titles: Sequence[str] | None = None,
-                           size: float = 2.6, **box_energy_kwargs) -> "Figure":
-    """For each map of ``maps (n, H, W)``: the map with its box, and the gradient ``∂E/∂A`` (blue: the energy
-    falls where attention grows, red: it rises), with the energy and its two top-k terms in the title.
-
-    ``masks`` is ``(n, H, W)`` or one ``(H, W)`` box for all maps.  Returns a figure not registered with pyplot.
-    """
-    from matplotlib.figure import Figure
-
-    if maps.ndim == 2:
-        maps = maps[None]
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be (n, H, W), got {tuple(maps.shape)}")
-    maps = maps.detach().float().cpu()
-    masks = masks.float().cpu().expand_as(maps)
-    if titles is not None and len(titles) != len(maps):
-        raise ValueError(f"{len(titles)} titles for {len(maps)} maps")
-    fig = Figure(figsize=(2 * size * len(maps), size + 0.7), layout="constrained")
-    axes = fig.subplots(1, 2 * len(maps), squeeze=False)[0]
-    for i in range(len(maps)):
-        energy, grad = energy_and_gradient(maps[i], masks[i], **box_energy_kwargs)
-        terms = energy_terms(maps[i], masks[i], **{k: v for k, v in box_energy_kwargs.items() if k == "top_fraction"})
-        ax_map, ax_grad = axes[2 * i], axes[2 * i + 1]
-        im = ax_map.imshow(maps[i].numpy(), cmap="inferno", vmin=0, vmax=max(float(maps[i].max()), 1e-6))
-        fig.colorbar(im, ax=ax_map, shrink=0.7)
-        g = float(grad.abs().max()) or 1.0
-        im = ax_grad.imshow(grad.numpy(), cmap="RdBu_r", vmin=-g, vmax=g)
-        fig.colorbar(im, ax=ax_grad, shrink=0.7)
-        for ax in (ax_map, ax_grad):
-            _outline_mask(ax, masks[i])
-            ax.set_xticks([])
-            ax.set_yticks([])
-        head = f"{titles[i]}: " if titles is not None else ""
-        ax_map.set_title(f"{head}A (box in cyan)\nE = {float(energy):.3f}", fontsize=9)
-        ax_grad.set_title(f"∂E/∂A\nTopK in {float(terms['inside']):.2f}, out {float(terms['outside']):.2f}", fontsize=9)
-    return fig
-
-
-def _outline_mask(ax, mask: torch.Tensor, colour: str = "cyan") -> None:
-    """Outline a binary mask drawn with ``imshow``: its cell edges when it is one rectangle, else a contour."""
-    from matplotlib.patches import Rectangle
-
-    rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
-    if len(rows) == 0:
-        return
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-    if int((mask > 0.5).sum()) == (r1 - r0) * (c1 - c0):
-        ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor=colour, linewidth=1.5))
-    else:
-        ax.contour(mask.numpy(), levels=[0.5], colors=colour, linewidths=1.5)
-
-
-def energy_curve_figure(curves: Mapping[str, Sequence[tuple[int, int, float]]], threshold: float | None = None,
-                        title: str = "box energy during guided sampling") -> "Figure":
-    """Energy against denoising step for each labelled run.
-
-    ``curves[label]`` is ``[(step, iteration, energy), ...]`` as :meth:`~lmd_utils.sampling.BoxGuidance.
-    energies_by_element` returns it; the iterations of one step are spread over that step's unit interval
-    (so the saw-tooth shows each gradient step lowering E and the next denoising step raising it again).
-    """
-    from matplotlib.figure import Figure
-
-    if not curves:
-        raise ValueError("no curves to plot")
-    fig = Figure(figsize=(7, 3.2), layout="constrained")
-    ax = fig.subplots()
-    for label, points in curves.items():
-        if not points:
-            continue
-        per_step: dict[int, int] = {}
-        for step, _, _ in points:
-            per_step[step] = per_step.get(step, 0) + 1
-        xs = [step + it / per_step[step] for step, it, _ in points]
-        ax.plot(xs, [e for _, _, e in points], marker=".", ms=4, lw=1.2, label=label)
-    if threshold is not None:
-        ax.axhline(threshold, ls="--", color="0.4", lw=1)
-        ax.text(ax.get_xlim()[0], threshold, " stopping threshold", va="bottom", fontsize=7, color="0.35")
-    ax.set_xlabel("denoising step (iterations of a step spread over it)")
-    ax.set_ylabel("E")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    return fig
-
-
-def image_grid_figure(images: Sequence[Sequence[torch.Tensor]], row_labels: Sequence[str],
-                      column_labels: Sequence[str], boxes: Sequence = (),
-                      notes: Sequence[Sequence[str]] | None = None, size: float = 1.5,
-                      title: str | None = None) -> "Figure":
-    """A grid of pictures ``images[row][column]`` (``(3, H, W)`` in [0, 1]) with the target ``boxes``
-    (normalised :class:`~lmd_utils.layout.Box` objects) outlined on each, for comparing guidance settings.
-
-    ``notes[row][column]`` (optional) is written under each picture (e.g. the energy it reached).
-    """
-    from matplotlib.figure import Figure
-
-    from .layout import draw_box
-
-    rows = [list(r) for r in images]
-    if not rows or len(rows) != len(row_labels) or any(len(r) != len(column_labels) for r in rows):
-        raise ValueError(f"images must be {len(row_labels)} rows of {len(column_labels)} pictures")
-    if notes is not None and (len(notes) != len(rows) or any(len(n) != len(column_labels) for n in notes)):
-        raise ValueError("notes must have the shape of images")
-    fig = Figure(figsize=(size * len(column_labels) + 1.0, (size + 0.3) * len(rows) + (0.3 if title else 0)),
-                 layout="constrained")
-    axes = fig.subplots(len(rows), len(column_labels), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            ax = axes[r, c]
-            img = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-            h, w = img.shape[:2]
-            ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
-            for b in boxes:
-                draw_box(ax, b, h, w, "white", "--", linewidth=1.2)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(column_labels[c], fontsize=8)
-            if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=8)
-            if notes is not None:
-                ax.set_xlabel(notes[r][c], fontsize=7, labelpad=1)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return fig

@@ -263,14 +263,12 @@ class Layout:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
 
+        from .masks import as_uint8_image  # here, not at the top: masks.py imports this module
+
         if ax is None:
             _, ax = plt.subplots(figsize=(4, 4))
         if image is not None:
-            if isinstance(image, torch.Tensor):
-                image = image.detach().float().cpu().clamp(0, 1)
-                image = image.permute(1, 2, 0) if image.ndim == 3 and image.shape[0] in (1, 3) else image
-                image = image.numpy()
-            ax.imshow(image, extent=(0, canvas, canvas, 0))
+            ax.imshow(as_uint8_image(image), extent=(0, canvas, canvas, 0))
         else:
             ax.add_patch(Rectangle((0, 0), canvas, canvas, color="0.93"))
         colours = plt.get_cmap("tab10")

@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Literal, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .layout import Box, draw_box
-
-if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
-    from matplotlib.figure import Figure
+from .layout import Box
 
 #: The SAM checkpoint the authors load (``models/sam.py``: ``SamModel.from_pretrained("facebook/sam-vit-base")``).
 DEFAULT_SAM_MODEL_ID = "facebook/sam-vit-base"
@@ -291,12 +288,15 @@ class SamBackend(Protocol):
 def as_uint8_image(image: Any) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 RGB array from a PIL image, a uint8 array, or a float array/tensor in [0, 1].
 
-    A ``(3, H, W)`` tensor (the VAE decoder's layout) is transposed; anything else raises ``ValueError``.
+    A ``(3, H, W)`` tensor (the VAE decoder's layout) is transposed; anything else raises ``ValueError``.  SAM's
+    input format, and the one image → array conversion of the package: every picture (:mod:`lmd_utils.viz`,
+    :meth:`Layout.draw <lmd_utils.layout.Layout.draw>`) shows images through it.
     """
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
+        t = t.float() if t.is_floating_point() else t  # half and bfloat16 have no numpy dtype
         if t.ndim == 3 and t.shape[0] == 3 and t.shape[-1] != 3:
             t = t.permute(1, 2, 0)
         image = t.numpy()
@@ -654,7 +654,7 @@ def extract_object_masks(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Pictures and the threshold sweep for notebook 04 (pure: tensors in, tensors or a Figure out)
+# The threshold sweep (notebook 04; its pictures: lmd_utils.viz.masks)
 # ---------------------------------------------------------------------------------------------------------
 def threshold_sweep(
     attention_map: torch.Tensor,
@@ -675,185 +675,3 @@ def threshold_sweep(
                               sigma=sigma).latent_mask
         for t in thresholds
     ])
-
-
-def _image_hw3(image: Any) -> np.ndarray:
-    """An image as a float ``(H, W, 3)`` array in [0, 1] for ``imshow`` (see :func:`as_uint8_image`)."""
-    return as_uint8_image(image).astype(np.float32) / 255.0
-
-
-def _overlay(ax, mask: torch.Tensor, height: int, width: int, colour=(0.0, 1.0, 1.0), alpha: float = 0.3,
-             linestyle: str = "solid") -> None:
-    """Draw a bool mask over the ``height``×``width`` cell frame: a light fill and its outline on cell edges."""
-    m = mask.detach().cpu().numpy().astype(np.float32)
-    layer = np.zeros((*m.shape, 4), dtype=np.float32)
-    layer[..., :3] = colour
-    layer[..., 3] = m * alpha
-    ax.imshow(layer, extent=(0, width, height, 0), interpolation="nearest")
-    outline_mask(ax, m, height, width, colour, linestyle=linestyle)
-
-
-def outline_mask(ax, mask, height: int, width: int, colour: Any = "white", linewidth: float = 1.5,
-                 linestyle: str = "solid") -> None:
-    """Outline a 0/1 mask drawn over a ``height``×``width`` frame along its cell edges (nothing when it is empty
-    or full).  Also used by :mod:`lmd_utils.composition`'s figures."""
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
-    if not m.any() or m.all():
-        return
-    k = 8  # contour a nearest-upsampled copy so the outline follows cell edges, not cell centres
-    up = np.kron(m, np.ones((k, k), dtype=np.float32))
-    ys = (np.arange(up.shape[0]) + 0.5) * height / up.shape[0]
-    xs = (np.arange(up.shape[1]) + 0.5) * width / up.shape[1]
-    ax.contour(xs, ys, up, levels=[0.5], colors=[colour], linewidths=linewidth, linestyles=linestyle)
-
-
-def frame_axes(ax, height: int, width: int, title: str) -> None:
-    """A ``height``×``width`` frame (origin top left) without ticks, with a small title."""
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=8)
-
-
-def mask_figure(
-    attention_map: torch.Tensor,
-    box: Box,
-    latent_size: tuple[int, int],
-    threshold: float = COARSE_THRESHOLD,
-    image: Any = None,
-    reference: torch.Tensor | None = None,
-    sam_mask: torch.Tensor | None = None,
-    sigma: float = SAM_POINT_SIGMA,
-    title: str | None = None,
-    size: float = 2.3,
-    sam_label: str = "SAM mask",
-) -> "Figure":
-    """One object's road from attention to mask: the raw map ``A_i``, the smoothed and normalised map, the
-    thresholded mask (over ``image`` if given) and, if given, the SAM mask.
-
-    ``attention_map`` ``(h', w')``; ``box`` where the object was generated; ``latent_size`` ``(h, w)``.
-    ``reference`` (optional, bool ``(h, w)``): e.g. the detector's box region; the mask's IoU with it is shown.
-    ``sam_mask`` (optional, bool, any size): SAM's chosen mask, drawn over the image and titled ``sam_label``
-    (e.g. the :attr:`ObjectMask.source`, which says when SAM found nothing and the coarse mask was used).
-    Everything is drawn in latent-cell coordinates, so maps of different resolutions line up.  This is the
-    pure function the threshold widget of notebook 04 wraps.
-    """
-    from matplotlib.figure import Figure
-
-    amap, _ = _as_batch(attention_map, "attention_map")
-    h, w = latent_size
-    mask = threshold_sweep(amap[0], box, latent_size, [threshold], sigma)[0]
-    smooth = resize_maps(gaussian_blur(amap[0].float(), sigma), latent_size)
-    inside = box.mask(h, w, dtype=torch.bool)
-    lo, hi = smooth[inside].min(), smooth[inside].max()
-    normalised = ((smooth - lo) / (hi - lo).clamp(min=1e-30)).clamp(min=0) * inside
-
-    panels = 3 + (sam_mask is not None)
-    fig = Figure(figsize=(size * panels, size + 0.7), layout="constrained")
-    axes = fig.subplots(1, panels)
-    axes[0].imshow(amap[0].float().cpu().numpy(), cmap="magma", extent=(0, w, h, 0), interpolation="nearest")
-    draw_box(axes[0], box, h, w)
-    frame_axes(axes[0], h, w, f"attention A_i ({amap.shape[-2]}×{amap.shape[-1]})")
-    axes[1].imshow(normalised.numpy(), cmap="magma", vmin=0, vmax=1, extent=(0, w, h, 0))
-    axes[1].contour(np.arange(w) + 0.5, np.arange(h) + 0.5, normalised.numpy(), levels=[threshold],
-                    colors="cyan", linewidths=1.2)
-    draw_box(axes[1], box, h, w)
-    frame_axes(axes[1], h, w, f"smoothed, normalised in box\ncontour at {threshold:.2f}")
-    if image is not None:
-        axes[2].imshow(_image_hw3(image), extent=(0, w, h, 0))
-    _overlay(axes[2], mask, h, w)
-    draw_box(axes[2], box, h, w)
-    caption = f"mask (cyan) > {threshold:.2f}: {int(mask.sum())} cells"
-    if reference is not None:
-        _overlay(axes[2], reference.bool(), h, w, colour=(1.0, 0.85, 0.0), alpha=0.0, linestyle="dashed")
-        caption += f"\nIoU with reference (dashed) {float(mask_iou(mask, reference.bool()[None])[0]):.2f}"
-    frame_axes(axes[2], h, w, caption)
-    if sam_mask is not None:
-        if image is not None:
-            axes[3].imshow(_image_hw3(image), extent=(0, w, h, 0))
-        _overlay(axes[3], sam_mask.bool(), h, w, colour=(0.2, 1.0, 0.2))
-        draw_box(axes[3], box, h, w)
-        frame_axes(axes[3], h, w, f"{sam_label} ({int(sam_mask.sum())} px)")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def threshold_sweep_figure(
-    attention_map: torch.Tensor,
-    box: Box,
-    latent_size: tuple[int, int],
-    thresholds: Sequence[float] = (0.1, 0.25, 0.5, 0.75),
-    image: Any = None,
-    reference: torch.Tensor | None = None,
-    sigma: float = SAM_POINT_SIGMA,
-    title: str | None = None,
-    size: float = 1.9,
-) -> "Figure":
-    """The thresholded mask at several thresholds side by side, then its area (and IoU with ``reference``,
-    e.g. the detector's box region) against the threshold.  Arguments as :func:`mask_figure`."""
-    from matplotlib.figure import Figure
-
-    h, w = latent_size
-    masks = threshold_sweep(attention_map, box, latent_size, thresholds, sigma)
-    fig = Figure(figsize=(size * (len(thresholds) + 1.6), size + 0.8), layout="constrained")
-    axes = fig.subplots(1, len(thresholds) + 1, width_ratios=[1] * len(thresholds) + [1.6])
-    for ax, t, m in zip(axes, thresholds, masks):
-        if image is not None:
-            ax.imshow(_image_hw3(image), extent=(0, w, h, 0))
-        _overlay(ax, m, h, w)
-        draw_box(ax, box, h, w)
-        frame_axes(ax, h, w, f"> {t:.2f}: {int(m.sum())} cells")
-    ax = axes[-1]
-    ax.plot(list(thresholds), (masks.flatten(1).sum(1).float() / max(int(box.mask(h, w).sum()), 1)).tolist(),
-            "o-", label="mask area / box area")
-    if reference is not None:
-        ax.plot(list(thresholds), mask_iou(reference.bool(), masks).tolist(), "s-", label="IoU with reference")
-    ax.set_xlabel("threshold on the normalised map", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def point_prompt_figure(
-    attention_maps: torch.Tensor,
-    images: Sequence[Any],
-    boxes: Sequence[Box] | None = None,
-    titles: Sequence[str] | None = None,
-    sigma: float = SAM_POINT_SIGMA,
-    coarse_threshold: float = COARSE_THRESHOLD,
-    size: float = 2.4,
-) -> "Figure":
-    """What SAM is given in :func:`sam_refine_mask`: per object, its image, the coarse mask (cyan; min-max
-    normalised smoothed attention ``> coarse_threshold`` over the whole map, as the authors) and the positive
-    point at the smoothed map's arg-max (star).  ``attention_maps`` ``(n, h', w')``, ``images`` one per map;
-    ``boxes`` (optional) are outlined.  SAM then returns three masks around the point and LMD keeps the largest
-    confident one that overlaps the coarse mask (:func:`select_sam_mask`).
-    """
-    from matplotlib.figure import Figure
-
-    maps, _ = _as_batch(attention_maps, "attention_maps")
-    n = maps.shape[0]
-    if len(images) != n or (boxes is not None and len(boxes) != n) or (titles is not None and len(titles) != n):
-        raise ValueError(f"{n} maps but {len(images)} images, boxes or titles of another length")
-    fig = Figure(figsize=(size * n, size + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, n))
-    for i, ax in enumerate(axes):
-        image = as_uint8_image(images[i])
-        H, W = image.shape[:2]
-        smooth = gaussian_blur(maps[i].float(), sigma)
-        coarse = normalized_threshold_masks(smooth, None, threshold=coarse_threshold)
-        x, y = argmax_points(smooth, (H, W), sigma=0.0).tolist()
-        ax.imshow(image, extent=(0, W, H, 0))
-        _overlay(ax, coarse, H, W)
-        if boxes is not None:
-            draw_box(ax, boxes[i], H, W)
-        ax.plot([x], [y], marker="*", markersize=14, color="yellow", markeredgecolor="black")
-        name = titles[i] if titles is not None else f"object {i}"
-        frame_axes(ax, H, W, f"{name}\npoint ({x:.1f}, {y:.1f}), coarse mask")
-    return fig

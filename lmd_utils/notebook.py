@@ -1,5 +1,5 @@
-"""Small helpers shared by the notebooks (``notebooks/0N_*.ipynb``): set-up, pictures, and the pure functions
-that the notebooks' widgets wrap.
+"""Small helpers shared by the notebooks (``notebooks/0N_*.ipynb``): set-up, and the pure functions that the
+notebooks' widgets wrap.
 
 Not part of the method: this module only keeps the notebooks thin.  Each notebook has ONE set-up cell::
 
@@ -9,23 +9,21 @@ which seeds everything, picks the device (``cuda`` → ``mps`` → ``cpu``, or `
 the notebook will use (device, diffusion model, LLM or its offline stand-in).  Installing on Colab happens in
 the set-up cell itself, before this module can be imported (see ``notebooks/README.md``).
 
-Pictures are :class:`matplotlib.figure.Figure` objects built without pyplot's global state, so a cell that
-ends with one shows it once and tests can inspect it.  Widgets (:func:`layout_editor`) only wrap pure functions
-(:func:`edit_box`, :func:`draw_layouts`) that tests call directly; building a widget never blocks, so notebooks
-also run headless (CI).
+Pictures (:mod:`lmd_utils.viz`) are :class:`matplotlib.figure.Figure` objects built without pyplot's global
+state, so a cell that ends with one shows it once and tests can inspect it.  Widgets (:func:`layout_editor`) only
+wrap pure functions (:func:`edit_box`, :func:`~lmd_utils.viz.layout.draw_layouts`) that tests call directly;
+building a widget never blocks, so notebooks also run headless (CI).
 """
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 import random
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +32,8 @@ from . import __version__
 from .layout import CANVAS_SIZE, Box, Layout
 from .models import ENV_DEVICE, default_dtype, pick_device
 from .llm_client import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotConfigured, redact_url
-
-if TYPE_CHECKING:  # matplotlib and ipywidgets are imported where they are used, to keep this module light
-    from matplotlib.figure import Figure
+from .viz.common import figure_to_png
+from .viz.layout import draw_layouts
 
 #: The repository root (``lmd_utils/..``): notebooks find ``data/`` here, and ``shared/`` next to it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,87 +176,6 @@ def find_reference_file(filename: str, explicit: str | Path | None = None) -> tu
 
 
 # =============================================================================================================
-# Pictures
-# =============================================================================================================
-def draw_layouts(
-    layouts: Sequence[Layout],
-    titles: Sequence[str] | None = None,
-    images: Sequence[Any] | None = None,
-    ncols: int | None = None,
-    size: float = 3.0,
-    title_width: int = 34,
-    show_prompts: bool = True,
-) -> "Figure":
-    """Several layouts side by side (``ncols`` per row, at most 4 by default), each with :meth:`Layout.draw`.
-
-    ``titles`` (wrapped to ``title_width`` characters) default to :meth:`Layout.draw`'s own (background and
-    negative prompt); with ``titles`` and ``show_prompts``, the background and negative prompts are written
-    under each canvas, so the picture shows the whole layout.  ``images`` (optional, one per layout, ``None``
-    allowed) are drawn under the boxes.  Captions are clipped at the canvas edge so that a long one cannot
-    squeeze the grid.  Returns a figure that is not registered with pyplot: a cell that ends with it shows it
-    once (see :func:`enable_inline_figures`), and nothing leaks between cells.
-    """
-    from matplotlib.figure import Figure
-
-    layouts = list(layouts)
-    if not layouts:
-        raise ValueError("no layouts to draw")
-    for name, seq in (("titles", titles), ("images", images)):
-        if seq is not None and len(seq) != len(layouts):
-            raise ValueError(f"{len(seq)} {name} for {len(layouts)} layouts")
-    ncols = max(1, min(ncols or 4, len(layouts)))
-    nrows = -(-len(layouts) // ncols)
-    fig = Figure(figsize=(size * ncols, (size + 0.35) * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for i, (ax, layout) in enumerate(zip(axes, layouts)):
-        title = titles[i] if titles is not None else None
-        if title is not None:
-            title = "\n".join(textwrap.wrap(title, title_width)) or " "
-        layout.draw(ax=ax, image=images[i] if images is not None else None, title=title)
-        for text in ax.texts:  # box captions: cut at the canvas edge, and left out of the grid's layout
-            text.set_clip_on(True)
-            text.set_in_layout(False)
-        if title is not None and show_prompts:
-            notes = [f"background: {layout.background}"] + ([f"negative: {layout.negative}"] if layout.negative else [])
-            ax.set_xlabel("\n".join(line for note in notes for line in textwrap.wrap(note, title_width + 6)),
-                          fontsize=8, color="0.3")
-    for ax in axes[len(layouts):]:
-        ax.set_visible(False)
-    return fig
-
-
-def figure_to_png(fig: "Figure", dpi: int = 80) -> bytes:
-    """PNG bytes of a figure (for image widgets and for saving pictures from tests)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def plot_benchmark(results: Mapping[str, Any], title: str = "LMD benchmark") -> "Figure":
-    """Accuracy per task, one bar group per task and one bar per result (``{label: BenchmarkResult}``)."""
-    from matplotlib.figure import Figure
-
-    if not results:
-        raise ValueError("no results to plot")
-    tasks = list(dict.fromkeys(t for r in results.values() for t in r.counts()))
-    fig = Figure(figsize=(1.6 * len(tasks) + 2.5, 3.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(results)
-    for j, (label, result) in enumerate(results.items()):
-        counts = result.counts()
-        values = [100.0 * counts[t][0] / counts[t][1] if t in counts else 0.0 for t in tasks]
-        bars = ax.bar([i + (j - (len(results) - 1) / 2) * width for i in range(len(tasks))], values, width,
-                      label=f"{label}: {result.successes}/{result.total}")
-        ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylim(0, 112)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=len(results), frameon=False)
-    return fig
-
-
-# =============================================================================================================
 # Editing (pure functions the widgets wrap)
 # =============================================================================================================
 def edit_box(
@@ -299,8 +215,8 @@ def edit_box(
 
 class LayoutEditor:
     """Widgets that edit one box of a layout: a box chooser, x/y/w/h sliders (pixels), a caption field, and the
-    redrawn layout.  Every change calls :func:`edit_box` then :func:`draw_layouts`; :attr:`layout` is the
-    current result.  Show it by ending a cell with the editor (or ``display(editor.widget)``).
+    redrawn layout.  Every change calls :func:`edit_box` then :func:`~lmd_utils.viz.layout.draw_layouts`;
+    :attr:`layout` is the current result.  Show it by ending a cell with the editor (or ``display(editor.widget)``).
     """
 
     def __init__(self, layout: Layout, index: int = 0, size: float = 4.0) -> None:
@@ -362,6 +278,6 @@ def layout_editor(layout: Layout, index: int = 0) -> LayoutEditor:
 
 __all__ = [
     "REPO_ROOT", "in_colab", "enable_inline_figures",
-    "seed_everything", "llm_from_env", "NotebookEnv", "setup", "find_reference_file", "draw_layouts", "figure_to_png",
-    "plot_benchmark", "edit_box", "LayoutEditor", "layout_editor",
+    "seed_everything", "llm_from_env", "NotebookEnv", "setup", "find_reference_file",
+    "edit_box", "LayoutEditor", "layout_editor",
 ]

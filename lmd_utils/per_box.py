@@ -18,19 +18,16 @@ after another; ``batch_size`` caps the batch when memory is short.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal
 
 import torch
 
 from .attention import ALL_LAYERS, GUIDANCE_LAYERS, AttentionStore, default_layers, object_word, word_token_indices
 from .config import PER_BOX_NEGATIVE_PROMPT, LMDConfig
 from .grammar import join_phrases
-from .layout import Box, Layout, draw_box
+from .layout import Box, Layout
 from .models import decode_latents, encode_prompts, initial_noise, latent_shape
 from .sampling import BoxGuidance, ImageTargets, ObjectTarget, denoise
-
-if TYPE_CHECKING:  # matplotlib is imported by the picture helpers only
-    from matplotlib.figure import Figure
 
 Placement = Literal["authors", "box"]
 
@@ -190,148 +187,3 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     images = decode_latents(pipe, latents_all[-1].to(shared_noise.device))
     return PerBoxResult(plan, latents_all, images, torch.cat(maps), word_tokens, references, hooks,
                         guidance_cfg.layers)
-
-
-# =============================================================================================================
-# Pictures for notebook 03 (pure: tensors in, a matplotlib Figure out; nothing above depends on them)
-# =============================================================================================================
-def latents_to_rgb(latents: torch.Tensor, pixel_space: bool = True) -> torch.Tensor:
-    """Latents ``(..., C, h, w)`` as displayable RGB ``(..., h, w, 3)`` floats in [0, 1].
-
-    ``pixel_space=True`` (the toy world): the latents *are* the image in [-1, 1], so this is just
-    ``(x + 1) / 2`` clipped.  ``pixel_space=False`` (Stable Diffusion's 4-channel VAE latents): a false-colour
-    view of the first three channels, each min-max normalised over its own values; decode with the VAE
-    (:func:`~lmd_utils.models.decode_latents`) to see the real image.  One channel is shown as grey.
-    """
-    if latents.ndim < 3:
-        raise ValueError(f"latents must be (..., C, h, w), got shape {tuple(latents.shape)}")
-    x = latents.detach().float().cpu()
-    if x.shape[-3] == 1:
-        x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
-    x = x[..., :3, :, :]
-    if pixel_space:
-        rgb = (x + 1) / 2
-    else:
-        lo = x.amin(dim=(-2, -1), keepdim=True)
-        hi = x.amax(dim=(-2, -1), keepdim=True)
-        rgb = (x - lo) / (hi - lo).clamp(min=1e-8)
-    return rgb.clamp(0, 1).movedim(-3, -1)
-
-
-def evenly_spaced_steps(num_entries: int, count: int) -> list[int]:
-    """``count`` indices from ``0`` to ``num_entries - 1`` inclusive, evenly spaced (both ends kept)."""
-    if num_entries < 1 or count < 1:
-        raise ValueError(f"need num_entries >= 1 and count >= 1, got {num_entries}, {count}")
-    count = min(count, num_entries)
-    if count == 1:
-        return [num_entries - 1]
-    return sorted({round(i * (num_entries - 1) / (count - 1)) for i in range(count)})
-
-
-def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, titles: Sequence[str] | None = None,
-                      boxes: Sequence[Box] | None = None, pixel_space: bool = True, size: float = 1.4) -> "Figure":
-    """A strip of ``x_t`` over the denoising steps, one row per box of the per-box pass.
-
-    ``latents`` ``(T + 1, n, C, h, w)`` is :attr:`PerBoxResult.latents` (``x_T`` first, then after each step);
-    ``steps`` the entries to show (or how many, evenly spaced); ``boxes`` (optional, one per row) are outlined
-    (the generation boxes); ``titles`` label the rows.  See :func:`latents_to_rgb` for ``pixel_space``.
-    """
-    from matplotlib.figure import Figure
-
-    if latents.ndim != 5:
-        raise ValueError(f"latents must be (T + 1, n, C, h, w), got shape {tuple(latents.shape)}")
-    entries, n = latents.shape[:2]
-    chosen = evenly_spaced_steps(entries, steps) if isinstance(steps, int) else list(steps)
-    if not chosen or min(chosen) < 0 or max(chosen) >= entries:
-        raise ValueError(f"steps {chosen} outside 0..{entries - 1}")
-    for name, seq in (("titles", titles), ("boxes", boxes)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{len(seq)} {name} for {n} boxes")
-    rgb = latents_to_rgb(latents[chosen], pixel_space)  # (k, n, h, w, 3)
-    h, w = rgb.shape[2:4]
-    fig = Figure(figsize=(size * len(chosen) + 0.6, size * n + 0.5), layout="constrained")
-    axes = fig.subplots(n, len(chosen), squeeze=False)
-    for r in range(n):
-        for c, k in enumerate(chosen):
-            ax = axes[r, c]
-            ax.imshow(rgb[c, r].numpy(), interpolation="nearest")
-            if boxes is not None:
-                draw_box(ax, boxes[r], h, w, offset=-0.5)  # plain imshow: pixel centres on integers
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("x_T (start)" if k == 0 else f"after step {k}", fontsize=8)
-        if titles is not None:
-            axes[r, 0].set_ylabel(titles[r], fontsize=8)
-    kind = "pixels: the latents are the images" if pixel_space else "channels 0-2 of the latents, false colour"
-    fig.suptitle(f"x_t over {entries - 1} steps ({kind})", fontsize=9)
-    return fig
-
-
-def noise_blend_figure(shared_noise: torch.Tensor, blended: torch.Tensor, boxes: Sequence[Box],
-                       titles: Sequence[str] | None = None, channel: int = 0, size: float = 2.0) -> "Figure":
-    """The shared ``z_T``, each box's blended start noise, and where they differ (one channel).
-
-    ``shared_noise`` ``(1 or C, ...)``: ``(1, C, h, w)`` or ``(C, h, w)``; ``blended`` ``(n, C, h, w)`` from
-    :func:`blend_box_noise`; ``boxes`` the generation boxes (outlined).  The difference panel uses its own
-    colour scale, since with ``r = 0.01`` the change is about a tenth of the noise's size.
-    """
-    from matplotlib.figure import Figure
-
-    shared = shared_noise[0] if shared_noise.ndim == 4 else shared_noise
-    if blended.ndim != 4 or tuple(blended.shape[1:]) != tuple(shared.shape):
-        raise ValueError(f"blended {tuple(blended.shape)} does not match the shared noise {tuple(shared.shape)}")
-    n = blended.shape[0]
-    if len(boxes) != n:
-        raise ValueError(f"{len(boxes)} boxes for {n} blended noises")
-    h, w = shared.shape[-2:]
-    fig = Figure(figsize=(size * (1 + 2 * n), size + 0.6), layout="constrained")
-    axes = fig.subplots(1, 1 + 2 * n)
-    axes[0].imshow(shared[channel].float().cpu().numpy(), cmap="gray", vmin=-3, vmax=3)
-    axes[0].set_title("shared z_T", fontsize=8)
-    for i in range(n):
-        diff = (blended[i, channel] - shared[channel]).float().cpu()
-        name = titles[i] if titles is not None else f"box {i}"
-        axes[1 + 2 * i].imshow(blended[i, channel].float().cpu().numpy(), cmap="gray", vmin=-3, vmax=3)
-        axes[1 + 2 * i].set_title(f"start of {name}", fontsize=8)
-        lim = float(diff.abs().max()) or 1.0
-        axes[2 + 2 * i].imshow(diff.numpy(), cmap="coolwarm", vmin=-lim, vmax=lim)
-        axes[2 + 2 * i].set_title(f"difference (±{lim:.2f})", fontsize=8)
-        for ax in axes[1 + 2 * i: 3 + 2 * i]:
-            draw_box(ax, boxes[i], h, w, "gold", offset=-0.5)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"initial noise, channel {channel} (grey scale -3..3)", fontsize=9)
-    return fig
-
-
-def placement_figure(plan: PerBoxPlan, images: Sequence | torch.Tensor | None = None, size: float = 2.4) -> "Figure":
-    """Per box: its target box (dashed), the box it is generated in (solid) and the move between them.
-
-    ``images`` (optional, one per box: ``(3, H, W)`` in [0, 1] or anything :meth:`Layout.draw` takes) are drawn
-    under the boxes, e.g. :attr:`PerBoxResult.images`.  With the authors' placement the solid box is centred
-    horizontally with its bottom at ``1 − floor_padding``; the composition moves the object to the dashed one.
-    """
-    from matplotlib.figure import Figure
-
-    n = len(plan.generation_boxes)
-    if n == 0:
-        raise ValueError("the plan has no boxes")
-    if images is not None and len(images) != n:
-        raise ValueError(f"{len(images)} images for {n} boxes")
-    fig = Figure(figsize=(size * n, size + 0.7), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    canvas = 512
-    for i, (ax, gen, target) in enumerate(zip(axes, plan.generation_boxes, plan.target_boxes)):
-        image = images[i] if images is not None else None
-        Layout([]).draw(ax=ax, image=image, title=f"{plan.prompts[i]!r}", canvas=canvas)
-        draw_box(ax, target, canvas, canvas, "tab:red", "--", label="target box")
-        draw_box(ax, gen, canvas, canvas, "gold", label="generated in")
-        (gx, gy), (tx, ty) = gen.center, target.center
-        if (gx, gy) != (tx, ty):
-            ax.annotate("", xy=(tx * canvas, ty * canvas), xytext=(gx * canvas, gy * canvas),
-                        arrowprops=dict(arrowstyle="->", color="tab:red", linewidth=1.5))
-        ax.set_title(f"{plan.prompts[i]!r}", fontsize=8)
-    axes[0].legend(loc="upper left", fontsize=7, framealpha=0.8)
-    return fig

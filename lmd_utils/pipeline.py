@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
 
 import torch
 
 from .composition import (AlignedObject, FrozenForeground, align_objects, compose_trajectory, composed_pass_guidance,
-                          frozen_step_count, overall_prompt, overall_prompt_for)
+                          frozen_step_count, overall_prompt_for)
 from .config import LMDConfig
 from .grammar import join_phrases
-from .layout import Box, Layout
+from .layout import Layout
 from .masks import ObjectMask, SamBackend, extract_object_masks
 from .models import decode_latents, encode_prompts, initial_noise, to_pil
 from .per_box import PerBoxResult, run_per_box
@@ -160,154 +159,3 @@ def generate_sd(pipe, prompt: str, seed: int = 0, config: LMDConfig | None = Non
     height, width = config.resolution(pipe)
     noise = initial_noise(pipe, 1, height, width, seed)
     return _plain(pipe, prompt, negative_prompt, noise, config, progress)[0]
-
-
-def comparison_figure(layout: Layout, images: dict[str, torch.Tensor], seed: int | None = None,
-                      model: str | None = None):
-    """One matplotlib figure: the layout, then each image (e.g. plain SD and LMD from the same seed) with the
-    layout's boxes drawn over it; returns the :class:`~matplotlib.figure.Figure` (no pyplot state touched)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * (1 + len(images)), 3.6))
-    axes = fig.subplots(1, 1 + len(images))
-    layout.draw(ax=axes[0], title="layout" + (f" ({layout.meta['source']})" if layout.meta.get("source") else ""))
-    for ax, (name, image) in zip(axes[1:], images.items()):
-        Layout(layout.boxes).draw(ax=ax, image=image, title=name)
-    suffix = ", ".join(x for x in (f"model: {model}" if model else "", f"seed {seed}" if seed is not None else "") if x)
-    fig.suptitle(f"{layout.prompt or overall_prompt(layout)}" + (f"\n{suffix}" if suffix else ""), fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-# =============================================================================================================
-# Looking inside a result and comparing methods (notebook 07; pure: results and tensors in, a Figure out)
-# =============================================================================================================
-#: What :func:`result_figure` can draw from an :class:`LMDResult`, with a line each saying what it shows.
-RESULT_VIEWS: dict[str, str] = {
-    "per-box images": "each object generated alone, in its generation box, and the box it goes to (step 1)",
-    "per-box trajectories": "x_t of each object's own generation over the steps (step 1)",
-    "masks and alignment": "each object's mask, its shift onto the target box, the paste order (steps 2-3)",
-    "composed vs overall": "the composed latents and the composed generation, frozen steps marked (steps 3-4)",
-    "energy": "the box energy during the guided steps: each per-box generation and the composed one",
-}
-
-
-def result_is_pixel_space(result: LMDResult) -> bool:
-    """Whether ``result`` came from a pixel-space model (the toy world: its latents are the images), seen from
-    the tensors alone: pixel-space latents have the images' size."""
-    if result.per_box is None:
-        raise ValueError("this result has no per-box pass (a layout without boxes is plain SD)")
-    return tuple(result.per_box.latents.shape[-2:]) == tuple(result.per_box.images.shape[-2:])
-
-
-def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 6):
-    """One view of an :class:`LMDResult` (a key of :data:`RESULT_VIEWS`) as a matplotlib Figure, drawn by the
-    step modules' own picture functions; ``steps``: how many denoising steps the strips show.
-
-    This is the pure function the result explorer widget of notebook 07 (:func:`result_explorer`) wraps.
-    """
-    from .composition import alignment_figure, frozen_steps_figure
-    from .energy import energy_curve_figure
-    from .per_box import placement_figure, trajectory_figure
-
-    if view not in RESULT_VIEWS:
-        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(RESULT_VIEWS)}")
-    pixel_space = result_is_pixel_space(result)
-    per_box, layout = result.per_box, result.layout
-    if view == "per-box images":
-        return placement_figure(per_box.plan, per_box.images)
-    if view == "per-box trajectories":
-        return trajectory_figure(per_box.latents, steps, titles=layout.phrases,
-                                 boxes=per_box.plan.generation_boxes, pixel_space=pixel_space)
-    if view == "masks and alignment":
-        masks = torch.stack([m.latent_mask for m in result.masks])
-        return alignment_figure(per_box.latents[-1], masks, result.aligned, layout.boxes,
-                                per_box.plan.generation_boxes, pixel_space=pixel_space)
-    if view == "composed vs overall":
-        T, frozen = result.config.num_inference_steps, result.frozen_steps
-        return frozen_steps_figure(result.composed_latents, result.overall_latents, result.union_mask,
-                                   frozen, steps=sorted({0, 1, max(frozen // 2, 1), frozen, min(frozen + 2, T), T}),
-                                   pixel_space=pixel_space)
-    curves = {f"alone: {phrase}": per_box.energy_log(i) for i, phrase in enumerate(layout.phrases)}
-    if result.overall_guidance is not None:
-        curves["composed pass"] = result.overall_guidance.energies_by_element(0)
-    return energy_curve_figure(curves, threshold=result.config.per_box_guidance.loss_threshold,
-                               title="box energy during the guided steps (each object alone, then composed)")
-
-
-def result_explorer(result: LMDResult, view: str = "per-box images"):
-    """A widget: a drop-down of :data:`RESULT_VIEWS` and the chosen :func:`result_figure` as a picture (needs
-    ``ipywidgets``).  Building it draws the first view once and never blocks (notebooks also run headless)."""
-    import ipywidgets as widgets
-
-    from .notebook import figure_to_png
-
-    chooser = widgets.Dropdown(options=list(RESULT_VIEWS), value=view, description="show")
-    note = widgets.HTML()
-    picture = widgets.Image(format="png")
-
-    def redraw(_=None) -> None:
-        note.value = f"<i>{RESULT_VIEWS[chooser.value]}</i>"
-        picture.value = figure_to_png(result_figure(result, chooser.value), dpi=90)
-
-    chooser.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([chooser, note]), picture])
-
-
-def prompt_grid_figure(
-    prompts: Sequence[str],
-    layouts: Sequence[Layout],
-    images: Mapping[str, Sequence[torch.Tensor]],
-    found: Mapping[str, Sequence[Sequence[tuple[str, Box]]]] | None = None,
-    verdicts: Mapping[str, Sequence[bool]] | None = None,
-    size: float = 2.1,
-    title_width: int = 30,
-):
-    """Several prompts side by side (columns), one row per method (``images[method][i]``: ``(3, H, W)`` in
-    [0, 1]) with prompt ``i``'s layout boxes dashed on each picture.
-
-    ``found[method][i]`` (optional): a detector's ``[(caption, Box), ...]`` on that picture, drawn solid: green
-    when the layout asks for that caption, magenta otherwise (a wrong colour or shape, an excluded object).
-    ``verdicts[method][i]`` (optional): the benchmark's verdict, written under the picture (✓ / ✗).
-    """
-    import textwrap
-
-    from matplotlib.figure import Figure
-
-    from .layout import draw_box
-
-    n = len(prompts)
-    if n == 0 or len(layouts) != n:
-        raise ValueError(f"{len(layouts)} layouts for {n} prompts")
-    if not images:
-        raise ValueError("no images to draw")
-    for name, per_method in (("images", images), ("found", found or {}), ("verdicts", verdicts or {})):
-        for method, seq in per_method.items():
-            if len(seq) != n:
-                raise ValueError(f"{len(seq)} {name} for method {method!r}, {n} prompts")
-    fig = Figure(figsize=(size * n + 0.6, (size + 0.35) * len(images) + 0.55), layout="constrained")
-    axes = fig.subplots(len(images), n, squeeze=False)
-    for r, (method, imgs) in enumerate(images.items()):
-        for c in range(n):
-            ax = axes[r, c]
-            image = imgs[c].detach().float().cpu().clamp(0, 1)
-            H, W = image.shape[-2:]
-            ax.imshow(image.permute(1, 2, 0).numpy(), extent=(0, W, H, 0), interpolation="nearest")
-            wanted = set(layouts[c].phrases)
-            for b in layouts[c].boxes:
-                draw_box(ax, b, H, W, "white", "--")
-            for phrase, b in (found or {}).get(method, [[]] * n)[c]:
-                draw_box(ax, b, H, W, "lime" if phrase in wanted else "magenta")
-            ax.set_xlim(0, W)
-            ax.set_ylim(H, 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("\n".join(textwrap.wrap(prompts[c], title_width)), fontsize=8)
-            if c == 0:
-                ax.set_ylabel(method, fontsize=9)
-            if verdicts is not None and method in verdicts:
-                ok = bool(verdicts[method][c])
-                ax.set_xlabel("✓ correct" if ok else "✗ wrong", fontsize=8, color="green" if ok else "crimson")
-    return fig

@@ -1,13 +1,16 @@
-"""attention.py: capture leaves the UNet untouched, records true probabilities, truncation, token indices."""
+"""attention.py: capture leaves the UNet untouched, records true probabilities, truncation, token indices, labels
+and localisation scores."""
 
 import pytest
 import torch
 
 from lmd_utils.attention import (GUIDANCE_LAYERS, MASK_LAYERS, AttentionStore, CaptureProcessor,
-                                 capture_cross_attention, cross_attention_modules, phrase_token_indices,
-                                 resolve_layers, run_unet_until_captured, word_token_indices)
-from lmd_utils.models import build_tiny_pipeline, encode_prompts, initial_noise
+                                 capture_cross_attention, cross_attention_modules, localisation_by_layer,
+                                 mass_inside_box, object_map, phrase_token_indices, resolve_layers,
+                                 run_unet_until_captured, short_layer_name, token_labels, word_token_indices)
+from lmd_utils.models import TINY_VOCABULARY, build_tiny_pipeline, encode_prompts, initial_noise
 from lmd_utils.offline_tokenizer import build_clip_tokenizer
+from hand_made_maps import COARSE, FINE, LEFT, two_layer_store
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +230,54 @@ def test_word_token_indices_and_errors(tok):
     assert _tokens(tok, "with a cat.", word_token_indices(tok, "with a cat.", "a cat.")) == ["cat</w>"]
     with pytest.raises(ValueError, match="no words"):
         phrase_token_indices(tok, "a cat .", ".")
+
+
+# -- labels and localisation scores (notebook 01; stores filled by hand, no model) ---------------------------
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_clip_tokenizer(TINY_VOCABULARY)
+
+
+def test_short_names_and_token_labels(tokenizer):
+    assert short_layer_name(FINE) == "up_blocks.1.attentions.0"
+    assert short_layer_name("up_blocks.1.attentions.0") == "up_blocks.1.attentions.0"
+    assert token_labels(tokenizer, "a red cat") == ["⟨sot⟩", "a", "red", "cat", "⟨eot⟩"]
+    assert token_labels(tokenizer, "a red cat", include_end=False) == ["⟨sot⟩", "a", "red", "cat"]
+    spelt = token_labels(tokenizer, "a zebu")  # not in the vocabulary: split into pieces, no "</w>" left
+    assert spelt[:2] == ["⟨sot⟩", "a"] and "".join(spelt[2:-1]) == "zebu" and len(spelt) > 4
+    assert all("</w>" not in s for s in spelt)
+
+
+def test_mass_inside_box_numbers():
+    mask = LEFT.mask(4, 4)
+    assert mass_inside_box(torch.ones(4, 4), mask).item() == pytest.approx(0.5)  # uniform: the box's area
+    one_hot = torch.zeros(4, 4)
+    one_hot[2, 1] = 0.3
+    assert mass_inside_box(one_hot, mask).item() == pytest.approx(1.0)
+    assert mass_inside_box(one_hot.flip(-1), mask).item() == pytest.approx(0.0)
+    batch = torch.stack([torch.ones(4, 4), one_hot, one_hot.flip(-1)])[:, None].expand(3, 2, 4, 4)
+    torch.testing.assert_close(mass_inside_box(batch, mask), torch.tensor([[0.5] * 2, [1.0] * 2, [0.0] * 2]))
+    assert mass_inside_box(torch.zeros(4, 4), mask).item() == 0.0  # an empty map: 0, not NaN
+
+
+def test_object_map_is_the_head_and_token_mean():
+    probs = torch.rand(3, 4, 4, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(object_map(probs, [2, 5]), probs.mean(0)[..., [2, 5]].mean(-1))
+
+
+def test_localisation_by_layer_scores_each_layer_and_step():
+    store = two_layer_store()
+    objects = [[([1], LEFT)], [([1], LEFT)]]
+    scores = localisation_by_layer(store, objects)
+    assert list(scores) == [FINE, COARSE]
+    # token 1 is averaged with nothing else: FINE holds all its mass in the box, COARSE half (the box's area)
+    torch.testing.assert_close(scores[FINE], torch.ones(2))
+    torch.testing.assert_close(scores[COARSE], torch.full((2,), 0.5))
+    # token 0 has the complement: nothing of FINE's inside (its in-box cells are 0), half of COARSE's
+    complement = localisation_by_layer(store, [[([0], LEFT)], []], steps=[1])
+    assert complement[FINE].shape == (1,) and complement[COARSE].item() == pytest.approx(0.5)
+    assert complement[FINE].item() < 0.5
+    with pytest.raises(ValueError, match="no objects"):
+        localisation_by_layer(store, [[], []])
+    with pytest.raises(ValueError, match="3 elements"):
+        localisation_by_layer(store, [[([1], LEFT)]] * 3)

@@ -1,4 +1,5 @@
-"""Tests for lmd_utils.composition: alignment shifts, latent composition, the frozen-step rule."""
+"""Tests for lmd_utils.composition: alignment shifts, latent composition, the frozen-step rule, box-centre
+distances."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lmd_utils.composition import (
     align_to_box,
     alignment_shift,
     apply_frozen_step,
+    box_centre_distances,
     center_of_mass,
     compose_latents,
     foreground_indices,
@@ -154,3 +156,28 @@ def test_frozen_step_count_and_indexing():
     assert (apply_frozen_step(z, 0, composed, big, frozen)[:, big] == 1.0).all()  # after step 0 → composed[1]
     assert (apply_frozen_step(z, 1, composed, big, frozen)[:, big] == 2.0).all()
     assert torch.equal(apply_frozen_step(z, 2, composed, big, frozen), z)  # no longer frozen
+
+
+# -- measuring the composition: how far each object landed from its box ------------------------------------
+RED = Box("a red circle", 0.1, 0.1, 0.4, 0.4)  # centre (0.25, 0.25)
+BLUE = Box("a blue square", 0.6, 0.6, 0.8, 0.8)  # centre (0.7, 0.7)
+
+
+def test_box_centre_distances_match_by_caption_once_each():
+    found = [("a blue square", Box("a blue square", 0.6, 0.7, 0.8, 0.9)),  # 0.1 below its box
+             ("a red circle", Box("a red circle", 0.4, 0.1, 0.7, 0.4))]  # 0.3 right of its box
+    assert box_centre_distances([RED, BLUE], found) == pytest.approx([0.3, 0.1])
+    # a wrongly coloured object does not count; a second red circle has nothing left to match
+    assert box_centre_distances([RED, RED], [("a green circle", RED), ("a red circle", RED)]) == [0.0, 1.0]
+    assert box_centre_distances([RED], [], missing_distance=0.7) == [0.7]
+    # greedy in box order, nearest first: the first box takes the nearer object
+    near, far = Box("a red circle", 0.1, 0.1, 0.4, 0.4), Box("a red circle", 0.1, 0.6, 0.4, 0.9)
+    d = box_centre_distances([RED, RED], [("a red circle", far), ("a red circle", near)])
+    assert d == pytest.approx([0.0, 0.5])
+    with pytest.raises(ValueError):
+        box_centre_distances([RED], [], missing_distance=-1)
+    # a looser match: same colour word, any shape
+    colour = lambda caption: caption.split()[1]  # noqa: E731
+    found = [("a red square", Box("a red square", 0.1, 0.4, 0.4, 0.7))]  # 0.3 below the red circle's box
+    assert box_centre_distances([RED], found) == [1.0]
+    assert box_centre_distances([RED], found, key=colour) == pytest.approx([0.3])

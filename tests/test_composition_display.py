@@ -1,4 +1,4 @@
-"""Measuring and drawing the composition (lmd_utils.composition's notebook-05 helpers)."""
+"""lmd_utils.viz.composition (notebook 05): alignment, frozen steps, placements compared, attention maps."""
 
 from __future__ import annotations
 
@@ -6,34 +6,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lmd_utils.composition import (align_to_box, alignment_figure, attention_maps_figure, box_centre_distances,
-                                   compose_latents, frozen_steps_figure, mean_reference_map,
-                                   placement_comparison_figure)
+from lmd_utils.composition import align_to_box, box_centre_distances, compose_latents
 from lmd_utils.layout import Box
-from lmd_utils.notebook import figure_to_png
+from lmd_utils.viz.common import figure_to_png
+from lmd_utils.viz.composition import (alignment_figure, attention_maps_figure, frozen_steps_figure,
+                                       mean_reference_map, placement_comparison_figure)
 
 RED = Box("a red circle", 0.1, 0.1, 0.4, 0.4)  # centre (0.25, 0.25)
 BLUE = Box("a blue square", 0.6, 0.6, 0.8, 0.8)  # centre (0.7, 0.7)
-
-
-def test_box_centre_distances_match_by_caption_once_each():
-    found = [("a blue square", Box("a blue square", 0.6, 0.7, 0.8, 0.9)),  # 0.1 below its box
-             ("a red circle", Box("a red circle", 0.4, 0.1, 0.7, 0.4))]  # 0.3 right of its box
-    assert box_centre_distances([RED, BLUE], found) == pytest.approx([0.3, 0.1])
-    # a wrongly coloured object does not count; a second red circle has nothing left to match
-    assert box_centre_distances([RED, RED], [("a green circle", RED), ("a red circle", RED)]) == [0.0, 1.0]
-    assert box_centre_distances([RED], [], missing_distance=0.7) == [0.7]
-    # greedy in box order, nearest first: the first box takes the nearer object
-    near, far = Box("a red circle", 0.1, 0.1, 0.4, 0.4), Box("a red circle", 0.1, 0.6, 0.4, 0.9)
-    d = box_centre_distances([RED, RED], [("a red circle", far), ("a red circle", near)])
-    assert d == pytest.approx([0.0, 0.5])
-    with pytest.raises(ValueError):
-        box_centre_distances([RED], [], missing_distance=-1)
-    # a looser match: same colour word, any shape
-    colour = lambda caption: caption.split()[1]  # noqa: E731
-    found = [("a red square", Box("a red square", 0.1, 0.4, 0.4, 0.7))]  # 0.3 below the red circle's box
-    assert box_centre_distances([RED], found) == [1.0]
-    assert box_centre_distances([RED], found, key=colour) == pytest.approx([0.3])
 
 
 def _objects():

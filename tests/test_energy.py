@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lmd_utils.energy import (attention_transfer_energy, box_energy, energy_terms, normalize_in_box, topk_mean)
+from lmd_utils.energy import (attention_transfer_energy, box_energy, energy_and_gradient, energy_terms, gaussian_map,
+                               normalize_in_box, topk_mean)
 from lmd_utils.layout import Box
 
 
@@ -99,3 +100,33 @@ def test_normalize_in_box_and_attention_transfer():
     assert e.shape == (2, 3)
     e.sum().backward()
     assert maps.grad.abs().sum() > 0 and ref.grad is None
+
+
+def test_gaussian_map_peak_and_place():
+    m = gaussian_map(16, 8, center=(0.25, 0.75), sigma=0.1, peak=0.6)
+    assert m.shape == (16, 8) and m.max().item() <= 0.6 and m.min().item() >= 0
+    row, col = divmod(int(m.argmax()), 8)
+    assert (row, col) in {(11, 1), (12, 1), (11, 2), (12, 2)}  # cells around (x 0.25, y 0.75)
+    assert torch.equal(m, gaussian_map(16, 8, center=(0.25, 0.75), sigma=0.1, peak=0.6))
+    for bad in (dict(peak=0.0), dict(peak=1.5), dict(sigma=0.0)):
+        with pytest.raises(ValueError):
+            gaussian_map(4, 4, center=(0.5, 0.5), **bad)
+
+
+def test_energy_gradient_is_minus_one_over_k_inside_and_w_over_k_outside():
+    b = Box("target", 0.1, 0.1, 0.5, 0.5).mask(16, 16)  # 6×6 = 36 cells → k_in = 7; 220 outside → k_out = 44
+    away = gaussian_map(16, 16, center=(0.72, 0.68))
+    energy, grad = energy_and_gradient(away, b)
+    assert energy.item() == pytest.approx(box_energy(away, b).item())
+    assert not away.requires_grad and grad.shape == away.shape
+    assert int((grad != 0).sum()) == 7 + 44
+    assert grad[b.bool()].unique().tolist() == pytest.approx([-1 / 7, 0.0])
+    assert grad[~b.bool()].unique().tolist() == pytest.approx([0.0, 4 / 44])
+    # other weights and fractions scale the same way
+    _, g = energy_and_gradient(away, b, outside_weight=1.0, top_fraction=1.0)
+    torch.testing.assert_close(g, torch.where(b.bool(), -1 / 36, 1 / 220))
+    # batched maps: the summed energy, each map's own gradient
+    maps = torch.stack([away, gaussian_map(16, 16, center=(0.3, 0.3))])
+    total, grads = energy_and_gradient(maps, b)
+    assert total.item() == pytest.approx(box_energy(maps, b).sum().item())
+    torch.testing.assert_close(grads[0], grad)

@@ -31,9 +31,12 @@ from lmd_utils.masks import (
     select_sam_mask,
     threshold_masks,
     threshold_object_mask,
+    threshold_sweep,
 )
+from hand_made_maps import blob
 
 BOXES = [Box("cat", 0.1, 0.2, 0.6, 0.7), Box("dog", 0.5, 0.05, 0.95, 0.5), Box("ball", 0.0, 0.6, 0.3, 1.0)]
+BOX = Box("a red circle", 0.25, 0.25, 0.75, 0.75)  # the threshold sweep's box
 
 
 # -- Gaussian blur ------------------------------------------------------------------------------------------
@@ -173,6 +176,23 @@ def test_threshold_object_mask_on_latent_grid():
     assert not (norm.latent_mask & ~inside).any() and norm.area > 0
 
 
+def test_sweep_masks_are_nested_and_match_the_threshold_route():
+    amap = blob()
+    thresholds = [0.1, 0.25, 0.5, 0.75, 0.9]
+    masks = threshold_sweep(amap, BOX, (32, 32), thresholds)
+    assert masks.shape == (5, 32, 32) and masks.dtype == torch.bool
+    areas = masks.flatten(1).sum(1).tolist()
+    assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0  # higher threshold, fewer cells
+    for wider, narrower in zip(masks[:-1], masks[1:]):
+        assert not (narrower & ~wider).any()  # nested
+    inside = BOX.mask(32, 32, dtype=torch.bool)
+    assert not (masks & ~inside).any()  # never outside the box
+    expected = threshold_object_mask(amap, BOX, (32, 32), method="normalized", threshold=0.25).latent_mask
+    assert torch.equal(masks[1], expected)
+    with pytest.raises(ValueError):
+        threshold_sweep(amap, BOX, (32, 32), [])
+
+
 # -- SAM selection rule -------------------------------------------------------------------------------------
 def _three_masks(areas_rows):
     masks = torch.zeros(len(areas_rows), 10, 10, dtype=torch.bool)
@@ -275,6 +295,7 @@ def test_as_uint8_image_conversions():
     chw = torch.ones(3, 5, 7) * 0.5
     img = as_uint8_image(chw)
     assert img.shape == (5, 7, 3) and img.dtype == np.uint8 and img[0, 0, 0] == 128
+    assert np.array_equal(as_uint8_image(chw.to(torch.bfloat16)), img)  # no numpy dtype: read as float32
     with pytest.raises(ValueError):
         as_uint8_image(np.zeros((5, 7), dtype=np.uint8))
 

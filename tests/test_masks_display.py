@@ -1,4 +1,4 @@
-"""The threshold sweep and the picture helpers of lmd_utils.masks (notebook 04)."""
+"""lmd_utils.viz.masks (notebook 04): attention to mask, the threshold sweep, SAM's point prompt."""
 
 from __future__ import annotations
 
@@ -7,38 +7,16 @@ import torch
 from matplotlib.figure import Figure
 
 from lmd_utils.layout import Box
-from lmd_utils.masks import (mask_figure, point_prompt_figure, threshold_object_mask, threshold_sweep,
-                             threshold_sweep_figure)
-from lmd_utils.notebook import figure_to_png
+from lmd_utils.masks import threshold_sweep
+from lmd_utils.viz.common import figure_to_png
+from lmd_utils.viz.masks import mask_figure, point_prompt_figure, threshold_sweep_figure
+from hand_made_maps import blob
 
 BOX = Box("a red circle", 0.25, 0.25, 0.75, 0.75)
 
 
-def _blob(size: int = 16, centre: tuple[float, float] = (8.0, 8.0), width: float = 2.5) -> torch.Tensor:
-    """A Gaussian bump of attention: the shape an object word's map has."""
-    y, x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    return torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * width**2))
-
-
-def test_sweep_masks_are_nested_and_match_the_threshold_route():
-    amap = _blob()
-    thresholds = [0.1, 0.25, 0.5, 0.75, 0.9]
-    masks = threshold_sweep(amap, BOX, (32, 32), thresholds)
-    assert masks.shape == (5, 32, 32) and masks.dtype == torch.bool
-    areas = masks.flatten(1).sum(1).tolist()
-    assert areas == sorted(areas, reverse=True) and areas[0] > areas[-1] > 0  # higher threshold, fewer cells
-    for wider, narrower in zip(masks[:-1], masks[1:]):
-        assert not (narrower & ~wider).any()  # nested
-    inside = BOX.mask(32, 32, dtype=torch.bool)
-    assert not (masks & ~inside).any()  # never outside the box
-    expected = threshold_object_mask(amap, BOX, (32, 32), method="normalized", threshold=0.25).latent_mask
-    assert torch.equal(masks[1], expected)
-    with pytest.raises(ValueError):
-        threshold_sweep(amap, BOX, (32, 32), [])
-
-
 def test_mask_figure_reports_area_and_iou_with_the_reference():
-    amap = _blob()
+    amap = blob()
     reference = BOX.mask(32, 32, dtype=torch.bool)
     fig = mask_figure(amap, BOX, (32, 32), threshold=0.25, image=torch.rand(3, 32, 32), reference=reference)
     assert isinstance(fig, Figure) and len(fig.axes) == 3
@@ -56,7 +34,7 @@ def test_mask_figure_reports_area_and_iou_with_the_reference():
 
 
 def test_threshold_sweep_figure_plots_area_and_iou():
-    amap = _blob()
+    amap = blob()
     reference = BOX.mask(32, 32, dtype=torch.bool)
     fig = threshold_sweep_figure(amap, BOX, (32, 32), thresholds=(0.1, 0.5, 0.9), reference=reference)
     assert len(fig.axes) == 4
@@ -67,7 +45,7 @@ def test_threshold_sweep_figure_plots_area_and_iou():
 
 
 def test_point_prompt_figure_marks_the_attention_peak():
-    maps = torch.stack([_blob(centre=(3.5, 3.5)), _blob(centre=(12.5, 10.5))])  # peaks on cells (3, 3), (10, 12)
+    maps = torch.stack([blob(centre=(3.5, 3.5)), blob(centre=(12.5, 10.5))])  # peaks on cells (3, 3), (10, 12)
     fig = point_prompt_figure(maps, [torch.rand(3, 32, 32)] * 2, boxes=[BOX, BOX], titles=["a", "b"])
     assert len(fig.axes) == 2
     stars = [ax.get_lines()[0].get_xydata()[0].tolist() for ax in fig.axes]

@@ -1,4 +1,4 @@
-"""lmd_utils.notebook (set-up, pictures, editing, the layout editor widget) and ScriptedLayoutSource."""
+"""lmd_utils.notebook (set-up, editing, the layout editor widget) and ScriptedLayoutSource."""
 
 from __future__ import annotations
 
@@ -23,12 +23,9 @@ from lmd_utils.llm_layouts import (
     scoring_objects,
 )
 from lmd_utils.notebook import (
-    draw_layouts,
     edit_box,
-    figure_to_png,
     find_reference_file,
     layout_editor,
-    plot_benchmark,
     seed_everything,
     setup,
 )
@@ -139,52 +136,6 @@ def test_edited_layout_is_scored_on_its_own_boxes(layout):
     edited = edit_box(edit_box(layout, 0, 300, 300, 100, 100), 2, 0, 0, 50, 50)
     assert "reply" not in edited.meta and "objects" not in edited.meta and edited.meta["edited_boxes"] == [0, 2]
     assert scoring_objects(edited)[0] == ("a gray cat", [300.0, 300.0, 100.0, 100.0])
-
-
-# =============================================================================================================
-# Pictures
-# =============================================================================================================
-def test_draw_layouts_grid_titles_and_prompts(layout):
-    import matplotlib.pyplot as plt
-
-    open_before = plt.get_fignums()
-    empty = Layout(negative="dogs")
-    fig = draw_layouts([layout, empty, layout], titles=["one", "a rather long title that has to be wrapped", "three"],
-                       ncols=2)
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(fig.axes) == 4 and len(visible) == 3
-    assert visible[1].get_title() == "a rather long title that has to be\nwrapped"
-    assert visible[0].get_xlabel() == "background: A park\nnegative: people"
-    assert visible[1].get_xlabel() == "background: A realistic scene\nnegative: dogs"
-    assert [t.get_text() for t in visible[0].texts] == layout.phrases and all(t.get_clip_on() for t in visible[0].texts)
-    assert plt.get_fignums() == open_before  # nothing registered with pyplot
-    assert figure_to_png(fig).startswith(b"\x89PNG")
-    default = draw_layouts([layout])
-    assert default.axes[0].get_title() == "A park\nnegative: people" and default.axes[0].get_xlabel() == ""
-
-
-def test_draw_layouts_on_images_and_bad_arguments(layout):
-    fig = draw_layouts([layout, layout], images=[torch.rand(3, 32, 32), None])
-    assert len(fig.axes[0].images) == 1 and len(fig.axes[1].images) == 0
-    with pytest.raises(ValueError, match="no layouts"):
-        draw_layouts([])
-    with pytest.raises(ValueError, match="1 titles for 2 layouts"):
-        draw_layouts([layout, layout], titles=["x"])
-
-
-def test_plot_benchmark_bars_are_the_accuracies():
-    prompts = ["A realistic photo of a scene without cats", "A realistic photo of a scene with two cups"]
-    one_cup = ScriptedLayoutSource(["Objects: [('a cup', [10, 10, 50, 50])]"] * 2, name="one cup")
-    results = {"planner": evaluate_stage1("planner", prompts=prompts, progress=False),
-               "one cup": evaluate_stage1(one_cup, prompts=prompts, progress=False)}
-    fig = plot_benchmark(results)
-    ax = fig.axes[0]
-    heights = [round(p.get_height()) for p in ax.patches]
-    assert heights == [100, 100, 100, 0]  # planner: negation, numeracy; one cup: negation ok, numeracy wrong
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["negation", "numeracy"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["planner: 2/2", "one cup: 1/2"]
-    with pytest.raises(ValueError):
-        plot_benchmark({})
 
 
 # =============================================================================================================

@@ -1,9 +1,9 @@
 """The notebook series: every notebook in ``notebooks/`` runs headless on the CPU default, follows the series'
 pattern (notebooks/README.md), and is committed without outputs.
 
-Execution mirrors ``pytest --nbval-lax``: each code cell runs in a fresh IPython kernel (this Python), a failing
-cell or ``assert`` fails the test, outputs are not compared, and a cell containing ``# NBVAL_SKIP`` (a cell that
-needs a GPU, real weights or a live LLM) is not run.  The kernel gets ``OMP_NUM_THREADS=1``, ``LMD_DEVICE=cpu``,
+Execution mirrors ``pytest --nbval-lax``: each notebook runs top to bottom in one fresh IPython kernel (this
+Python), a failing cell or ``assert`` fails the test, outputs are not compared, and a cell containing
+``# NBVAL_SKIP`` (a cell that needs a GPU, real weights or a live LLM) is not run.  The kernel gets ``OMP_NUM_THREADS=1``, ``LMD_DEVICE=cpu``,
 no GPU and no LLM configuration, as in CI.  Set ``LMD_EXECUTED_NOTEBOOKS=DIR`` to keep the executed notebooks
 (with their pictures) for inspection.
 """
@@ -27,7 +27,7 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 README = NOTEBOOKS_DIR / "README.md"
 STRIP_SCRIPT = ROOT / "scripts" / "strip_notebooks.py"
 SKIP_MARK = "# NBVAL_SKIP"
-#: Each notebook must run in this many seconds on one CPU core (kernel start included); the issue asks for 60.
+#: Each notebook must run in this many seconds on one CPU core (kernel start included); the target is 60.
 # The series' target is 60 s per notebook on one quiet core (README table, measured); this hard limit only catches
 # a notebook that became several times slower, so a busy CI machine does not fail on timing noise.
 BUDGET_S = float(os.environ.get("LMD_NOTEBOOK_BUDGET_S", "180"))

@@ -1,4 +1,4 @@
-"""The picture helpers of lmd_utils.per_box (notebook 03): latents as RGB, step choice, and the figures."""
+"""lmd_utils.viz.per_box (notebook 03): the trajectory strip, the blended noise, the placement."""
 
 from __future__ import annotations
 
@@ -7,38 +7,9 @@ import torch
 from matplotlib.figure import Figure
 
 from lmd_utils.layout import Box, Layout
-from lmd_utils.notebook import figure_to_png
-from lmd_utils.per_box import (blend_box_noise, evenly_spaced_steps, latents_to_rgb, noise_blend_figure,
-                               placement_figure, plan_per_box, trajectory_figure)
-
-
-def test_pixel_space_latents_are_the_image():
-    x = torch.tensor([-1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 4).expand(3, 1, 4)  # (C, h, w)
-    rgb = latents_to_rgb(x, pixel_space=True)
-    assert rgb.shape == (1, 4, 3)
-    assert rgb[0, :, 0].tolist() == [0.0, 0.5, 1.0, 1.0]  # (x + 1) / 2, clipped
-
-
-def test_latent_space_channels_are_stretched_one_by_one():
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(2, 4, 8, 8, generator=g) * torch.tensor([1.0, 10.0, 0.1, 5.0]).view(1, 4, 1, 1)
-    rgb = latents_to_rgb(z, pixel_space=False)
-    assert rgb.shape == (2, 8, 8, 3)  # channels 0-2 only
-    for b in range(2):
-        for c in range(3):  # every channel spans [0, 1] whatever its scale
-            assert rgb[b, ..., c].min() == pytest.approx(0.0) and rgb[b, ..., c].max() == pytest.approx(1.0)
-    assert latents_to_rgb(torch.zeros(1, 5, 5), pixel_space=False).shape == (5, 5, 3)  # grey, no NaN
-    assert not latents_to_rgb(torch.zeros(1, 5, 5), pixel_space=False).isnan().any()
-    with pytest.raises(ValueError):
-        latents_to_rgb(torch.zeros(4, 4))
-
-
-def test_evenly_spaced_steps_keep_both_ends():
-    assert evenly_spaced_steps(21, 6) == [0, 4, 8, 12, 16, 20]
-    assert evenly_spaced_steps(3, 10) == [0, 1, 2]
-    assert evenly_spaced_steps(5, 1) == [4]
-    with pytest.raises(ValueError):
-        evenly_spaced_steps(0, 3)
+from lmd_utils.per_box import blend_box_noise, plan_per_box
+from lmd_utils.viz.common import figure_to_png
+from lmd_utils.viz.per_box import noise_blend_figure, placement_figure, trajectory_figure
 
 
 def test_trajectory_figure_has_one_row_per_box_and_one_column_per_step():

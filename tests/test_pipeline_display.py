@@ -1,4 +1,4 @@
-"""Looking inside an LMDResult and comparing methods (lmd_utils.pipeline's notebook-07 helpers), on tiny
+"""lmd_utils.viz.pipeline (notebook 07): looking inside an LMDResult and comparing methods, on tiny
 random-weight models: the wiring and what each picture shows, not image quality."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from matplotlib.figure import Figure
 
 from lmd_utils.layout import Box, Layout
 from lmd_utils.models import build_tiny_pipeline
-from lmd_utils.notebook import figure_to_png
 from lmd_utils.config import LMDConfig
-from lmd_utils.pipeline import (RESULT_VIEWS, generate, prompt_grid_figure, result_explorer, result_figure,
-                                result_is_pixel_space)
+from lmd_utils.pipeline import generate
+from lmd_utils.viz.common import figure_to_png
+from lmd_utils.viz.pipeline import (RESULT_VIEWS, prompt_grid_figure, result_explorer, result_figure,
+                                    result_is_pixel_space)
 
 STEPS = 4
 LAYOUT = Layout([Box("a red cat", 0.05, 0.1, 0.45, 0.6), Box("a dog", 0.55, 0.3, 0.95, 0.9)],

@@ -203,14 +203,6 @@ def load_toyworld_pipeline(folder: str | Path, device: str | torch.device = "cpu
     return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
 
 
-def encode_captions(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,
-                    captions: Sequence[str]) -> torch.Tensor:
-    """Token embeddings ``(B, max_tokens, dim)``, padded to the tokenizer's length as the SD pipeline does."""
-    ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
-
-
 @torch.no_grad()
 def sample_images(pipe: StableDiffusionPipeline, prompts: Sequence[str], steps: int = 25,
                   guidance_scale: float = 4.0, seed: int = 0) -> torch.Tensor:
