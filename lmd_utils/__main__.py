@@ -177,7 +177,7 @@ def load_sam_backend(spec: str | None):
     """A SAM backend from ``--sam``: a segment-anything ``.pth`` checkpoint or a transformers model id/folder."""
     if not spec:
         return None
-    from .masks import SegmentAnythingSam, TransformersSam
+    from .sam import SegmentAnythingSam, TransformersSam
 
     if spec.endswith(".pth"):
         return SegmentAnythingSam.from_checkpoint(spec)

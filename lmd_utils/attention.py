@@ -21,6 +21,9 @@ Conventions
 * Layer names: the prefix of a ``Transformer2DModel`` (``"up_blocks.1.attentions.0"``) selects every
   ``transformer_blocks.*.attn2`` under it (one for SD 1.x/2.x, several for SDXL); a full name
   (``"...transformer_blocks.0.attn2"``) selects one module.  Records carry the full module name.
+
+It is one module of about 550 lines because capture, aggregation and token lookup are one lesson (notebook 01): a map
+means nothing without the layer it came from and the token it belongs to.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from .sam import as_uint8_image
+
 CANVAS_SIZE = 512
 DEFAULT_BACKGROUND = "A realistic scene"
 #: Most boxes we generate for one image; the authors' prompts rarely exceed 5, per-box cost grows linearly.
@@ -263,7 +265,6 @@ class Layout:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
 
-        from .masks import as_uint8_image  # here, not at the top: masks.py imports this module
 
         if ax is None:
             _, ax = plt.subplots(figsize=(4, 4))

@@ -17,9 +17,8 @@ Two routes, as in the paper:
 * **SAM refinement** (the authors' default): :func:`sam_refine_mask` smooths ``A_i`` with a Gaussian
   (σ = 1.5 attention cells), prompts SAM with one positive point at the smoothed map's arg-max, and keeps the
   *largest* of SAM's three masks among those with predicted IoU (SAM's confidence) ``>= 0.85`` and IoU with
-  the coarse mask ``>= 0.25``.  Two SAM backends share the small :class:`SamBackend` interface:
-  :class:`TransformersSam` (``transformers``' ``SamModel``, ``facebook/sam-vit-base`` as the authors use) and
-  :class:`SegmentAnythingSam` (Meta's ``segment-anything`` package with a local checkpoint).
+  the coarse mask ``>= 0.25``.  The SAM models themselves (two backends behind one small interface) are in
+  :mod:`lmd_utils.sam`.
 
 Everything is plain ``torch``; torchvision is not needed (the Gaussian blur is a small separable convolution).
 Maps are ``(..., h, w)`` float tensors, masks ``(..., h, w)`` bool tensors, images ``(H, W, 3)`` uint8 arrays,
@@ -30,16 +29,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Literal, Sequence, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .layout import Box
+from .sam import SamBackend, as_uint8_image
 
-#: The SAM checkpoint the authors load (``models/sam.py``: ``SamModel.from_pretrained("facebook/sam-vit-base")``).
-DEFAULT_SAM_MODEL_ID = "facebook/sam-vit-base"
 #: σ of the Gaussian applied to the attention map before the arg-max point prompt (authors, point input).
 SAM_POINT_SIGMA = 1.5
 #: Coarse-mask threshold on the min-max-normalised smoothed map (authors' ``mask_th_for_point``).
@@ -271,153 +268,6 @@ def argmax_points(
     H, W = image_size
     points = torch.stack([(cols.double() + 0.5) * W / w, (rows.double() + 0.5) * H / h], dim=1).float()
     return points[0] if single else points
-
-
-# ---------------------------------------------------------------------------------------------------------
-# (b) SAM backends
-# ---------------------------------------------------------------------------------------------------------
-@runtime_checkable
-class SamBackend(Protocol):
-    """Anything that segments an image from one positive point, returning SAM's three masks and scores."""
-
-    def predict(self, image: np.ndarray, point_xy: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image`` ``(H, W, 3)`` uint8 RGB, ``point_xy`` in pixels → ``(masks (3, H, W) bool, scores (3,))``."""
-        ...
-
-
-def as_uint8_image(image: Any) -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array from a PIL image, a uint8 array, or a float array/tensor in [0, 1].
-
-    A ``(3, H, W)`` tensor (the VAE decoder's layout) is transposed; anything else raises ``ValueError``.  SAM's
-    input format, and the one image → array conversion of the package: every picture (:mod:`lmd_utils.viz`,
-    :meth:`Layout.draw <lmd_utils.layout.Layout.draw>`) shows images through it.
-    """
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        t = t.float() if t.is_floating_point() else t  # half and bfloat16 have no numpy dtype
-        if t.ndim == 3 and t.shape[0] == 3 and t.shape[-1] != 3:
-            t = t.permute(1, 2, 0)
-        image = t.numpy()
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        if not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"expected uint8 or float in [0, 1], got {image.dtype}")
-        image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return np.ascontiguousarray(image)
-
-
-def _check_point(image: np.ndarray, point_xy: Sequence[float]) -> tuple[float, float]:
-    x, y = (float(v) for v in point_xy)
-    H, W = image.shape[:2]
-    if not (0 <= x <= W and 0 <= y <= H):
-        raise ValueError(f"point {(x, y)} lies outside the {W}×{H} image")
-    return x, y
-
-
-class TransformersSam:
-    """SAM through ``transformers`` (``SamModel`` + ``SamProcessor``), the authors' route.
-
-    Build it with :meth:`from_pretrained` (default ``facebook/sam-vit-base``) or from ready model and processor
-    objects (how the tests use a tiny random-weight ``SamModel``).
-    """
-
-    def __init__(self, model: Any, processor: Any, device: torch.device | str | None = None) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        if device is not None:
-            self.model.to(self.device)
-
-    @classmethod
-    def from_pretrained(
-        cls, model_id: str = DEFAULT_SAM_MODEL_ID, device: torch.device | str | None = None, **model_kwargs: Any
-    ) -> "TransformersSam":
-        """Load ``SamModel`` and ``SamProcessor`` from the hub or a local folder (``model_id``)."""
-        from transformers import SamModel, SamProcessor
-
-        model = SamModel.from_pretrained(model_id, **model_kwargs)
-        processor = SamProcessor.from_pretrained(model_id)
-        return cls(model, processor, device=device)
-
-    @torch.no_grad()
-    def predict(self, image: Any, point_xy: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        image = as_uint8_image(image)
-        x, y = _check_point(image, point_xy)
-        inputs = self.processor(image, input_points=[[[x, y]]], return_tensors="pt")
-        dtype = next(self.model.parameters()).dtype
-        model_inputs = {
-            k: (v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device))
-            for k, v in inputs.items()
-            if k in ("pixel_values", "input_points")
-        }
-        outputs = self.model(**model_inputs, multimask_output=True)
-        masks = self.processor.image_processor.post_process_masks(
-            outputs.pred_masks.float().cpu(), inputs["original_sizes"].cpu(), inputs["reshaped_input_sizes"].cpu()
-        )
-        # one image, one point batch → (3, H, W)
-        return masks[0][0].bool(), outputs.iou_scores[0, 0].float().cpu()
-
-
-def import_segment_anything() -> Any:
-    """Import Meta's ``segment_anything`` package with an explanation when it cannot be imported.
-
-    ``import segment_anything`` imports torchvision (``utils/transforms.py`` resizes the image with
-    ``torchvision.transforms.functional.resize``; the automatic mask generator uses ``torchvision.ops``), so
-    it needs a torchvision that matches the installed torch.
-    """
-    try:
-        import segment_anything
-    except ImportError as e:
-        hint = (
-            "segment-anything imports torchvision, which is missing or does not match this torch build"
-            if "torchvision" in str(e) or "torchvision" in repr(e.__cause__)
-            else "install it with `pip install segment-anything` (the `sam` extra of lmd_utils)"
-        )
-        raise ImportError(f"cannot import segment_anything: {e}. {hint}; or use TransformersSam") from e
-    return segment_anything
-
-
-class SegmentAnythingSam:
-    """SAM through Meta's ``segment-anything`` package (``SamPredictor``) and a local checkpoint file.
-
-    The usual Colab route: ``SegmentAnythingSam.from_checkpoint("sam_vit_b_01ec64.pth", "vit_b")``.
-    Or wrap a ready ``segment_anything.modeling.Sam`` (:meth:`from_model`) or a ``SamPredictor``.
-    """
-
-    def __init__(self, predictor: Any) -> None:
-        self.predictor = predictor
-
-    @classmethod
-    def from_model(cls, sam_model: Any) -> "SegmentAnythingSam":
-        sa = import_segment_anything()
-        return cls(sa.SamPredictor(sam_model.eval()))
-
-    @classmethod
-    def from_checkpoint(
-        cls, checkpoint: str, model_type: str = "vit_b", device: torch.device | str | None = None
-    ) -> "SegmentAnythingSam":
-        """``sam_model_registry[model_type](checkpoint=checkpoint)``; ``model_type`` in vit_b / vit_l / vit_h."""
-        sa = import_segment_anything()
-        if model_type not in sa.sam_model_registry:
-            raise ValueError(f"unknown SAM model type {model_type!r}; one of {sorted(sa.sam_model_registry)}")
-        sam = sa.sam_model_registry[model_type](checkpoint=checkpoint)
-        if device is not None:
-            sam.to(device)
-        return cls.from_model(sam)
-
-    @torch.no_grad()
-    def predict(self, image: Any, point_xy: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        image = as_uint8_image(image)
-        x, y = _check_point(image, point_xy)
-        self.predictor.set_image(image, image_format="RGB")
-        masks, scores, _ = self.predictor.predict(
-            point_coords=np.array([[x, y]], dtype=np.float32), point_labels=np.array([1]), multimask_output=True
-        )
-        return torch.as_tensor(masks).bool(), torch.as_tensor(scores).float()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -32,9 +32,10 @@ from .composition import (AlignedObject, FrozenForeground, align_objects, compos
 from .config import LMDConfig
 from .grammar import join_phrases
 from .layout import Layout
-from .masks import ObjectMask, SamBackend, extract_object_masks
+from .masks import ObjectMask, extract_object_masks
 from .models import decode_latents, encode_prompts, initial_noise, to_pil
 from .per_box import PerBoxResult, run_per_box
+from .sam import SamBackend
 from .sampling import BoxGuidance, denoise
 
 

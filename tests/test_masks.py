@@ -13,13 +13,10 @@ import pytest
 import torch
 
 from lmd_utils.layout import Box
+from lmd_utils.sam import SamBackend, SegmentAnythingSam, TransformersSam, as_uint8_image
 from lmd_utils.masks import (
     ObjectMask,
-    SamBackend,
-    SegmentAnythingSam,
-    TransformersSam,
     argmax_points,
-    as_uint8_image,
     box_masks,
     extract_object_masks,
     gaussian_blur,

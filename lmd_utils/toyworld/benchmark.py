@@ -30,6 +30,9 @@ over a small grid of LMD knobs (:data:`CALIBRATION_KNOBS`) on a seed range the r
 Where we differ from the paper: the toy numeracy task asks for 2–4 objects (the toy grammar's counts) instead of
 1–5; the spatial and attribution objects carry a colour (toy objects are coloured shapes); scoring uses the toy
 detector instead of OWL-ViT.
+
+It is one module (prompts, the two methods, scoring, the calibration search, the model checks and their command
+line) because all of them draw the same prompts and score them with the same detector.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..layout import Box
-from .scenes import COLOURS, POSITIONS, SHAPES, Scene, object_phrase, parse_caption, tensor_to_images
+from ..sam import as_uint8_image as to_uint8_image
+from .scenes import COLOURS, POSITIONS, SHAPES, Scene, object_phrase, parse_caption
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -62,30 +63,17 @@ def as_uint8_image(image, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.
     Torch tensors, ``(3, H, W)`` or ``(H, W, 3)``, are read in ``value_range``: by default [-1, 1], the toy model's
     pixel-space latents (``per_box.latents[-1, i]``); pass ``value_range=(0, 1)`` for decoded images such as
     ``LMDResult.image`` or ``decode_latents(...)``.  Reading a [0, 1] image as [-1, 1] would wash every colour
-    towards grey and the detector would silently find nothing, so the range is an explicit argument.
+    towards grey and the detector would silently find nothing, so the range is an explicit argument (the
+    package's converter, :func:`lmd_utils.sam.as_uint8_image`, defaults to [0, 1]).
     """
     if isinstance(image, torch.Tensor):
-        lo, hi = (float(v) for v in value_range)
-        if not hi > lo:
-            raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-        x = image.detach().float()
-        if x.ndim != 3:
-            raise ValueError(f"expected one image, got a tensor of shape {tuple(x.shape)}")
-        if x.shape[0] == 3 and x.shape[-1] != 3:
-            x = x.unsqueeze(0)
-        else:
-            x = x.permute(2, 0, 1).unsqueeze(0)
-        return tensor_to_images((x - lo) / (hi - lo) * 2 - 1)[0]
+        if image.ndim != 3:
+            raise ValueError(f"expected one image, got a tensor of shape {tuple(image.shape)}")
+        return to_uint8_image(image, value_range)
     arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        if arr.min() < -0.01 or arr.max() > 1.01:
-            raise ValueError("float arrays must be in [0, 1]; pass tensors in [-1, 1] as torch tensors")
-        return (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-    raise ValueError(f"unsupported image dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and arr.size and (arr.min() < -0.01 or arr.max() > 1.01):
+        raise ValueError("float arrays must be in [0, 1]; pass tensors in [-1, 1] as torch tensors")
+    return to_uint8_image(arr)
 
 
 def estimate_background(image: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from ..attention import AttentionStore, short_layer_name
 from ..layout import draw_box
-from ..masks import as_uint8_image
+from ..sam import as_uint8_image
 
 
 def with_padding_panel(maps: torch.Tensor, labels: Sequence[str]) -> tuple[torch.Tensor, list[str]]:

@@ -1,7 +1,7 @@
 """What every step's pictures share: outlining a mask, framing an axes, latents as RGB, picking steps to show,
 a figure as PNG bytes, and the generic grid of images with boxes.
 
-Images are turned into arrays by ONE function, :func:`lmd_utils.masks.as_uint8_image` (SAM's input format, so
+Images are turned into arrays by ONE function, :func:`lmd_utils.sam.as_uint8_image` (SAM's input format, so
 it lives with the math that needs it); boxes are drawn by :func:`lmd_utils.layout.draw_box`.
 """
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..layout import draw_box
-from ..masks import as_uint8_image
+from ..sam import as_uint8_image
 
 
 def outline_mask(ax, mask, height: float, width: float, colour: Any = "white", linewidth: float = 1.5,

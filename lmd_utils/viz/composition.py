@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from ..attention import mass_inside_box
 from ..composition import AlignedObject, box_centre_distances, center_of_mass, foreground_indices, paste_order
 from ..layout import Box, draw_box
-from ..masks import as_uint8_image
+from ..sam import as_uint8_image
 from .common import evenly_spaced_steps, frame_axes, latents_to_rgb, outline_mask
 
 

@@ -10,7 +10,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..layout import Box, draw_box
-from ..masks import (COARSE_THRESHOLD, SAM_POINT_SIGMA, _as_batch, argmax_points, as_uint8_image, gaussian_blur,
+from ..sam import as_uint8_image
+from ..masks import (COARSE_THRESHOLD, SAM_POINT_SIGMA, _as_batch, argmax_points, gaussian_blur,
                      mask_iou, normalized_threshold_masks, resize_maps, threshold_sweep)
 from .common import frame_axes, outline_mask
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ..composition import overall_prompt
 from ..layout import Box, Layout, draw_box
-from ..masks import as_uint8_image
+from ..sam import as_uint8_image
 from ..pipeline import LMDResult
 from .common import figure_to_png, frame_axes
 from .composition import alignment_figure, frozen_steps_figure
