@@ -13,6 +13,10 @@ Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser an
 ``handler=<function(args) -> int>``, then append it to :data:`COMMANDS` (or to :data:`BENCHMARK_COMMANDS` for
 ``benchmark <name>``).  Errors a user can fix (nothing configured, a bad file, an unreadable reply) print one
 ``error: ...`` line on stderr and return 1.
+
+The commands that run a model import the model stack (``models``, ``pipeline``, ``viz``: diffusers, transformers,
+matplotlib) inside their handlers, so that ``layout`` and ``benchmark prompts`` start without loading it; that is the
+one place in the package where sibling imports sit inside functions.
 """
 
 from __future__ import annotations
@@ -186,7 +190,8 @@ def load_sam_backend(spec: str | None):
 
 def run_generate_command(args: argparse.Namespace) -> int:
     from .models import load_pipeline
-    from .pipeline import LMDConfig, generate, generate_sd
+    from .config import LMDConfig
+    from .pipeline import generate, generate_sd
     from .viz.pipeline import comparison_figure
 
     layout = source_from_args(args).get_layout(args.prompt)
@@ -243,7 +248,8 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
         save_layout_png(layout, out, title=f"layout by the {layout.meta['source']}\n" + _title(layout))
         return layout
     from .models import load_pipeline
-    from .pipeline import LMDConfig, generate, generate_sd
+    from .config import LMDConfig
+    from .pipeline import generate, generate_sd
     from .viz.pipeline import comparison_figure
 
     prompt = prompt or TOY_DEMO_PROMPT
