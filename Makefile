@@ -9,7 +9,7 @@ export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-slow lab clean venv strip-notebooks git-filters
+.PHONY: demo test test-slow lab clean venv strip-notebooks git-filters wheel
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,10 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow
 
+# a wheel of lmd_utils (templates and the toy-world model included) for an instructor to hand out: dist/*.whl
+wheel: venv
+	$(PY) -m pip wheel -q --no-deps -w dist .
+
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
 
@@ -40,4 +44,4 @@ git-filters:
 	git config filter.strip-notebooks.smudge cat
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache dist

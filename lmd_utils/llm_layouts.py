@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
+from .data import DATA_DIR
 from .layout import Layout
 
 TEMPLATE_VERSION = "v1"
-TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "templates"
+TEMPLATES_DIR = DATA_DIR / "templates"
 CAPTION_PREFIX = "Caption: "
 FOLLOW_UP_PREFIX = "Follow-up instruction: "
 

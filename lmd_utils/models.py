@@ -30,11 +30,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .data import DATA_DIR
 from .offline_tokenizer import build_clip_tokenizer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: Where the toy-world training writes its pipeline (relative to the repository root).
-TOYWORLD_MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "toyworld" / "model"
+TOYWORLD_MODEL_DIR = DATA_DIR / "toyworld" / "model"
 
 #: SD 1.5's scheduler values (its ``scheduler_config.json``), used with DDIM as in the authors' code.
 SD_SCHEDULER_CONFIG = dict(

@@ -35,7 +35,7 @@ from .llm_client import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotC
 from .viz.common import figure_to_png
 from .viz.layout import draw_layouts
 
-#: The repository root (``lmd_utils/..``): notebooks find ``data/`` here, and ``shared/`` next to it.
+#: The repository root (``lmd_utils/..``) in a clone; reference data (``shared/``) may lie next to it.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where reference data (the benchmark prompts, the authors' published replies) lies next to the repository.
 SHARED_BENCHMARK_DIR = REPO_ROOT.parent / "shared" / "benchmark"
@@ -139,7 +139,6 @@ def setup(
     ``model_id``/``steps``: the diffusion model and sampler steps the notebook will use (``None`` when it runs
     none).  ``device``: forces one (else :func:`pick_device`).  ``llm_model``/``base_url``: the LLM, else
     ``$LMD_LLM_MODEL``/``$OPENAI_BASE_URL`` (see :func:`llm_from_env`); only looked up when ``uses_llm``.
-    Checks that the repository's ``data/`` folder is reachable (it is not in a non-editable install).
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -149,9 +148,6 @@ def setup(
     llm, note = llm_from_env(llm_model, base_url) if uses_llm else (None, "not used")
     env = NotebookEnv(device=dev, dtype=default_dtype(dev), seed=seed, model_id=model_id, steps=steps, llm=llm,
                       llm_note=note, colab=in_colab(), uses_llm=uses_llm)
-    if not (REPO_ROOT / "data").is_dir():
-        raise RuntimeError(f"{REPO_ROOT / 'data'} not found: install the repository itself "
-                           "(git clone, then pip install -e .), not a wheel of lmd_utils")
     if not quiet:
         print(env.describe())
     return env
