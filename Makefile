@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch lies on these machines' disk; on a GPU machine use `make TORCH_SPEC=torch ...`.
+# The CPU wheel of torch lies on these machines' disk; elsewhere see the README (TORCH_SPEC=torch, and
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for a CPU-only build on Linux).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -15,7 +17,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev,notebooks,sam]"
 	touch $@
 
