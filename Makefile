@@ -11,7 +11,7 @@ export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-slow lab clean venv strip-notebooks git-filters wheel
+.PHONY: demo test test-slow test-reference lab clean venv strip-notebooks git-filters wheel
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
+
+# our stage 2 against the authors' generation/lmd.py on one random-weight model (needs ../shared/reference; else skips)
+test-reference: venv
+	bash tests/reference/run.sh
 
 # a wheel of lmd_utils (templates and the toy-world model included) for an instructor to hand out: dist/*.whl
 wheel: venv
