@@ -78,7 +78,7 @@ def center_of_mass(mask: torch.Tensor) -> tuple[float, float]:
 
 
 def alignment_shift(
-    mask: torch.Tensor, box: Box, horizontal_only: bool = False, quantum: int = 1
+    mask: torch.Tensor, box: Box, horizontal_only: bool = False, quantum: int = 1, rule: str = "centre"
 ) -> Shift:
     """The integer shift taking ``mask``'s centre of mass to ``box``'s centre (on the mask's grid).
 
@@ -87,7 +87,15 @@ def alignment_shift(
     latent cells at 64×64) so the shift is also whole on the 8×8 attention maps of the mid block; with
     ``quantum=1`` the attention shift is rounded separately on each attention grid (:meth:`Shift.on_grid`).
     ``horizontal_only`` keeps ``dy = 0`` (the authors' option for LMD+).
+
+    ``rule="authors"`` (``LMDConfig.alignment``; ``quantum`` is then ignored): the authors' rule, centre of mass in
+    cell INDICES (no ``+0.5``, ``utils/utils.py:102-120`` ``binary_mask_to_center``) as a fraction of the frame,
+    offset to the box centre rounded to 1/8 of the frame (``utils/utils.py:145-154`` ``shift_tensor``).
     """
+    if rule == "authors":
+        return _authors_shift(mask, box, horizontal_only)
+    if rule != "centre":
+        raise ValueError(f"alignment rule must be 'centre' or 'authors', not {rule!r}")
     if quantum < 1:
         raise ValueError(f"quantum must be a positive number of cells, got {quantum}")
     h, w = mask.shape[-2:]
@@ -96,6 +104,22 @@ def alignment_shift(
     dx = round((tx - cx) / quantum) * quantum
     dy = 0 if horizontal_only else round((ty - cy) / quantum) * quantum
     return Shift(int(dx), int(dy), (h, w))
+
+
+def _authors_shift(mask: torch.Tensor, box: Box, horizontal_only: bool = False, base: int = 8) -> Shift:
+    """The authors' ``align_with_bboxes`` shift: normalised offset of the index centre of mass, rounded to 1/``base``."""
+    h, w = mask.shape[-2:]
+    if h % base or w % base:
+        raise ValueError(f"the authors' alignment needs a grid divisible by {base}, got {h}×{w}")
+    m = mask.double()
+    total = m.sum()
+    if total <= 0:
+        raise ValueError("empty mask has no centre of mass")
+    cx = float((m.sum(0) @ torch.arange(w, dtype=torch.float64, device=m.device)) / total) / w
+    cy = float((m.sum(1) @ torch.arange(h, dtype=torch.float64, device=m.device)) / total) / h
+    x_off = box.center[0] - cx
+    y_off = 0.0 if horizontal_only else box.center[1] - cy
+    return Shift(int(round(x_off * base) * (w // base)), int(round(y_off * base) * (h // base)), (h, w))
 
 
 def shift_tensor(tensor: torch.Tensor, shift: Shift) -> torch.Tensor:
@@ -134,16 +158,18 @@ def align_to_box(
     attention: AttentionLike = None,
     horizontal_only: bool = False,
     quantum: int = 1,
+    rule: str = "centre",
 ) -> AlignedObject:
     """Shift one object's latents (``(C, h, w)`` or ``(T, C, h, w)``), mask ``(h, w)`` and attention together.
 
     The shift is measured on the latent grid (:func:`alignment_shift`) and applied to attention maps on their
     own grids (``(..., h', w')`` tensors, or a dict of them keyed by layer); see ``quantum`` there for the
-    authors' 1/8-frame rounding.  Authors' ``align_with_bboxes`` + ``shift_saved_attns``.
+    authors' 1/8-frame rounding, and ``rule`` (``"centre"`` | ``"authors"``) for their whole rule.  Authors'
+    ``align_with_bboxes`` + ``shift_saved_attns``.
     """
     if tuple(latents.shape[-2:]) != tuple(mask.shape):
         raise ValueError(f"latents {tuple(latents.shape)} and mask {tuple(mask.shape)} differ in size")
-    shift = alignment_shift(mask, box, horizontal_only=horizontal_only, quantum=quantum)
+    shift = alignment_shift(mask, box, horizontal_only=horizontal_only, quantum=quantum, rule=rule)
     moved_attention: AttentionLike
     if attention is None:
         moved_attention = None
@@ -186,8 +212,9 @@ def compose_latents(
 
     The authors fill steps after the first with zeros outside the masks (to catch accidental reads); we keep
     the background there, since :func:`replace_foreground` reads only masked cells.  They also paste the
-    initial noise (step 0) over each mask's *bounding box*; call this function on step 0 with box masks for
-    that (our per-box generations share the background noise, so there is nothing to paste).
+    initial noise (step 0) over each mask's *bounding box* before the masks: :func:`compose_trajectory` with
+    ``initial="authors"`` does that (an object's step-0 latents are its own blended, shifted z_T, so it does
+    paste something different from the shared z_T).
     """
     masks = _binary(masks)
     if masks.ndim != 3:
@@ -275,34 +302,66 @@ def apply_frozen_step(
 # ---------------------------------------------------------------------------------------------------------
 # The composed generation (step 4): its prompt, its guidance, its frozen foreground
 # ---------------------------------------------------------------------------------------------------------
-def placeable_mask(mask: torch.Tensor, box: Box) -> torch.Tensor:
+def placeable_mask(mask: torch.Tensor, box: Box, box_rounding: str = "edges") -> torch.Tensor:
     """``mask`` if it has a cell, else ``box``'s mask on the same grid: an empty mask has no centre to move, so
     an object the attention did not find is pasted as its whole box (the one fallback of the pipeline)."""
-    return mask.bool() if mask.any() else box.mask(*mask.shape[-2:]).bool()
+    return mask.bool() if mask.any() else box.mask(*mask.shape[-2:], rounding=box_rounding).bool()
 
 
 def align_objects(latents: torch.Tensor, masks: Sequence[torch.Tensor], boxes: Sequence[Box],
-                  references: Sequence[AttentionLike] | None = None) -> list[AlignedObject]:
+                  references: Sequence[AttentionLike] | None = None, alignment: str = "centre",
+                  box_rounding: str = "edges") -> list[AlignedObject]:
     """:func:`align_to_box` for every box: ``latents`` ``(T+1, n, C, h, w)`` (the per-box trajectories), one
-    latent-grid mask and one target box per object, optionally each object's attention to move along."""
+    latent-grid mask and one target box per object, optionally each object's attention to move along.
+    ``alignment`` (``LMDConfig.alignment``): ``"centre"`` (ours) or ``"authors"`` (see :func:`alignment_shift`);
+    ``box_rounding`` rasterises the box of an empty mask (``LMDConfig.box_rounding``)."""
     if not len(masks) == len(boxes) == latents.shape[1]:
         raise ValueError(f"{latents.shape[1]} trajectories, {len(masks)} masks, {len(boxes)} boxes")
-    return [align_to_box(latents[:, i], placeable_mask(mask, box), box,
-                         attention=None if references is None else references[i])
+    return [align_to_box(latents[:, i], placeable_mask(mask, box, box_rounding), box,
+                         attention=None if references is None else references[i], rule=alignment)
             for i, (mask, box) in enumerate(zip(masks, boxes))]
 
 
-def compose_trajectory(aligned: Sequence[AlignedObject], shared_noise: torch.Tensor
+def mask_bounding_box(mask: torch.Tensor) -> torch.Tensor:
+    """``(h, w)`` bool: the bounding box of ``mask`` grown by one cell on each side, clipped to the grid (authors'
+    ``binary_mask_to_box_mask``, ``utils/utils.py:72-99``)."""
+    rows, cols = torch.where(mask.bool())
+    if rows.numel() == 0:
+        raise ValueError("the mask is empty")
+    h, w = mask.shape[-2:]
+    out = torch.zeros(h, w, dtype=torch.bool, device=mask.device)
+    r0, r1 = max(int(rows.min()) - 1, 0), min(int(rows.max()) + 1, h)
+    c0, c1 = max(int(cols.min()) - 1, 0), min(int(cols.max()) + 1, w)
+    out[r0:r1 + 1, c0:c1 + 1] = True
+    return out
+
+
+def compose_trajectory(aligned: Sequence[AlignedObject], shared_noise: torch.Tensor, initial: str = "masks"
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The composed latents of every step ``(T+1, C, h, w)`` and the union mask ``(h, w)``.
 
     The aligned objects are pasted largest first (:func:`compose_latents`); at step 0 the shared initial noise
     ``z_T`` fills the rest, since the composed pass starts there.  Outside the masks the later steps hold zeros,
     which the frozen steps never read.
+
+    ``initial`` (``LMDConfig.compose_initial``): ``"masks"`` (ours) pastes only the masks at step 0 too;
+    ``"authors"`` (``utils/latents.py:60-69``, ``compose_box_to_bg``) first pastes, largest first, each aligned
+    mask's bounding box grown by one cell (:func:`mask_bounding_box`) from that object's step-0 latents, then the
+    masks.  This matters: an object's step-0 latents are ITS blended z_T shifted by the alignment, which differs
+    from the shared z_T around the mask (the box's own noise blend, and with ``placement="authors"`` the shift
+    moves the generation box's noise onto the target box; the vacated band is zero, which is why the authors keep
+    to the bounding box).
     """
     first = aligned[0].latents
     background = first.new_zeros(first.shape)
     background[0] = shared_noise[0].to(first.device, first.dtype)
+    if initial == "authors":
+        masks = torch.stack([a.mask for a in aligned])
+        for i in paste_order(masks).tolist():
+            box = mask_bounding_box(aligned[i].mask).to(background.device)
+            background[0] = torch.where(box, aligned[i].latents[0].to(background.dtype), background[0])
+    elif initial != "masks":
+        raise ValueError(f"compose_initial must be 'masks' or 'authors', not {initial!r}")
     return compose_latents(background, torch.stack([a.latents for a in aligned]),
                            torch.stack([a.mask for a in aligned]))
 
@@ -347,18 +406,20 @@ def overall_prompt_for(layout: Layout, mode: str, tokenizer) -> tuple[str, int]:
 
 def composed_pass_guidance(tokenizer, layout: Layout, prompt: str, background_end: int,
                            aligned: Sequence[AlignedObject], config: GuidanceConfig,
-                           attention_transfer: bool = True) -> BoxGuidance:
+                           attention_transfer: bool = True, box_rounding: str = "edges") -> BoxGuidance:
     """The composed pass's guidance: every phrase of ``prompt`` into its boxes (one energy term per phrase, over
     the union of its boxes) plus, with ``attention_transfer``, each box's object word pulled towards its own
-    per-box attention (``aligned[i].attention``, already moved onto the box)."""
+    per-box attention (``aligned[i].attention``, already moved onto the box).  ``config.skip_articles`` selects the
+    phrases' tokens; ``box_rounding`` (``LMDConfig.box_rounding``) how the boxes land on the attention grids."""
     objects, transfers = [], []
     for k, (phrase, idx) in enumerate(overall_phrases(layout)):
         boxes = tuple(layout.boxes[i] for i in idx)
-        objects.append(ObjectTarget.for_phrase(tokenizer, prompt, phrase, boxes, start=background_end))
+        objects.append(ObjectTarget.for_phrase(tokenizer, prompt, phrase, boxes, start=background_end,
+                                               skip_articles=config.skip_articles))
         if attention_transfer:
             word = word_token_indices(tokenizer, prompt, phrase, start=background_end, last_token_only=True)[0]
             transfers += [TransferTarget(layout.boxes[i], word, aligned[i].attention, object_index=k) for i in idx]
-    return BoxGuidance([ImageTargets(tuple(objects), tuple(transfers))], config)
+    return BoxGuidance([ImageTargets(tuple(objects), tuple(transfers))], config, box_rounding=box_rounding)
 
 
 class FrozenForeground:

@@ -59,6 +59,19 @@ class GuidanceConfig:
       layers: the guidance layers (authors' ``DEFAULT_GUIDANCE_ATTN_KEYS``).
       truncate_forward: stop the guidance forward after the last guidance layer (not in the authors' code:
         same maps, less compute; the energy needs nothing after ``up_blocks.1``).
+      stop_rule: ``"current"`` (ours): an element is updated while the energy of the CURRENT latents is above
+        ``loss_threshold``, re-evaluated at every iteration of every step.  ``"authors"``
+        (``models/pipelines.py:30, :161, :552``): the loop runs ``while loss > loss_threshold and iteration <
+        max_iter``, ``loss`` being the value of the PREVIOUS forward (before the last update), carried across
+        steps and starting at 10000; the first iteration of a step is therefore always run unless the carried
+        loss is already below the threshold, after which guidance never runs again in that image.
+      skip_articles: the energy's tokens leave out the phrase's articles (ours, ``True``: an article's attention is
+        diffuse) or include them (authors, ``False``).  The authors also match a phrase at its FIRST substring
+        occurrence in the prompt (``utils/guidance.py`` ``get_token_map``/``get_phrase_indices``), which can pick the
+        tokens of another word containing it ("cat" in "caterpillar"): a bug, kept out of this switch, we always
+        match whole words (:func:`~lmd_utils.attention.phrase_token_indices`).
+
+    :meth:`authors` sets every field to the authors' value.
     """
 
     loss_scale: float = 5.0 * 8
@@ -72,17 +85,24 @@ class GuidanceConfig:
     head_reduction: str = "mean"
     layers: tuple[str, ...] = GUIDANCE_LAYERS
     truncate_forward: bool = True
+    stop_rule: Literal["current", "authors"] = "current"
+    skip_articles: bool = True
 
     def __post_init__(self) -> None:
         if self.head_reduction not in ("mean", "sum"):
             raise ValueError(f"head_reduction must be 'mean' or 'sum', got {self.head_reduction!r}")
+        if self.stop_rule not in ("current", "authors"):
+            raise ValueError(f"stop_rule must be 'current' or 'authors', got {self.stop_rule!r}")
         if not self.iterations or min(self.iterations) < 0:
             raise ValueError(f"iterations must be a non-empty list of counts >= 0, got {self.iterations}")
 
     @classmethod
     def authors(cls, **overrides) -> "GuidanceConfig":
-        """The literal values of the authors' code (head-summed energy; scale depends on the head count)."""
-        return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum"), **overrides)
+        """The authors' ``generation/lmd.py``, for tests/reference: their literal values (head-summed energy, so the
+        scale depends on the head count), their stop rule, their tokens (articles included) and the full guidance
+        forward; then ``overrides``."""
+        return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum",
+                           stop_rule="authors", skip_articles=False, truncate_forward=False), **overrides)
 
     def on_layers(self, layers: str | Sequence[str]) -> "GuidanceConfig":
         """These settings, guiding on ``layers`` (the model's guidance layers) unless they name their own."""
@@ -134,6 +154,33 @@ class LMDConfig:
         to the authors' form.
     max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
         as the authors' code).
+
+    Differences from the authors' code, each a switch (default: ours; :meth:`authors` sets them all to theirs):
+
+    box_seed_start: box *i*'s own noise uses seed ``seed + 20 + i`` (``None``, ours: tied to the image seed, so
+        different seeds give different objects) or ``box_seed_start + i``, plus 12345 when that equals the image
+        seed (authors' ``fg_seed_start = 20``, ``utils/latents.py:144-147``).
+    box_rounding: how boxes land on the latent and attention grids (:meth:`~lmd_utils.layout.Box.mask`):
+        ``"edges"`` (ours: both edges rounded) or ``"authors"`` (start and width rounded separately,
+        ``utils/utils.py:57-67`` ``scale_proportion``).  Used by the guidance energy of both passes, the per-box
+        noise blend and the whole-box fallback of an empty mask.
+    alignment: how an object's mask is moved onto its box (:func:`~lmd_utils.composition.alignment_shift`):
+        ``"centre"`` (ours: centre of mass with cell centres at ``+0.5``, shift to the nearest cell) or
+        ``"authors"`` (cell indices without ``+0.5``, ``utils/utils.py:102-120``, shift rounded to 1/8 of the
+        frame, ``:145-154``).
+    compose_initial: the composed pass's first latents (:func:`~lmd_utils.composition.compose_trajectory`):
+        ``"masks"`` (ours: z_T with each aligned object's masked z_T pasted in) or ``"authors"``
+        (``utils/latents.py:60-69`` + ``utils/utils.py:72-99``: also each aligned mask's bounding box grown by one
+        cell, copied from that object's shifted z_T).
+    sam_rules: the SAM refinement's details (:func:`~lmd_utils.masks.sam_refine_mask`, only with a SAM backend):
+        ``"ours"`` or ``"authors"`` (``models/sam.py:125-175``: point at the arg-max cell's top-left corner, SAM's
+        masks bilinearly resized to the latent grid keeping any value > 0, IoU with the coarse mask on the
+        attention grid, penalised arg-max by latent-grid area instead of our "largest passing mask, else the coarse
+        mask").
+    box_order: ``"layout"`` (ours: boxes in the layout's order) or ``"by_phrase"`` (authors' ``utils/parse.py:318,
+        332``: ``gen_boxes`` sorted by caption, stable), which changes the order of the per-box passes, of the
+        overall prompt's phrases and of the paste order between equal-area objects.
+    The guidance's own differences (stop rule, article tokens, head sum) are fields of :class:`GuidanceConfig`.
     """
 
     num_inference_steps: int = 50
@@ -155,6 +202,29 @@ class LMDConfig:
     background: str | None = None
     overall_prompt: Literal["authors", "source"] = "authors"
     max_batch: int | None = None
+    box_seed_start: int | None = None
+    box_rounding: Literal["edges", "authors"] = "edges"
+    alignment: Literal["centre", "authors"] = "centre"
+    compose_initial: Literal["masks", "authors"] = "masks"
+    sam_rules: Literal["ours", "authors"] = "ours"
+    box_order: Literal["layout", "by_phrase"] = "layout"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("box_rounding", ("edges", "authors")), ("alignment", ("centre", "authors")),
+                              ("compose_initial", ("masks", "authors")), ("sam_rules", ("ours", "authors")),
+                              ("box_order", ("layout", "by_phrase"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def authors(cls, **overrides) -> "LMDConfig":
+        """The authors' ``generation/lmd.py``, for tests/reference: every switch listed above at the authors' value,
+        :meth:`GuidanceConfig.authors` for both passes, one box per UNet batch; then ``overrides``."""
+        return replace(cls(
+            per_box_guidance=GuidanceConfig.authors(layers=()), overall_guidance=GuidanceConfig.authors(layers=()),
+            mask_method="normalized", placement="authors", attention_transfer=True, overall_prompt="authors",
+            max_batch=1, box_seed_start=20, box_rounding="authors", alignment="authors", compose_initial="authors",
+            sam_rules="authors", box_order="by_phrase"), **overrides)
 
     def resolution(self, pipe) -> tuple[int, int]:
         """``(height, width)`` of the image: the configured size, else the model's native one."""

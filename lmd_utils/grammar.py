@@ -24,6 +24,8 @@ _IRREGULAR_PLURALS = {
     "deer": "deer", "glasses": "glass", "buses": "bus", "dice": "die", "shoes": "shoe", "toes": "toe",
     "canoes": "canoe",
 }
+#: singular → plural, the inverse of :data:`_IRREGULAR_PLURALS` ("mouse" → "mice", "person" → "people").
+_IRREGULAR_SINGULARS = {singular: plural for plural, singular in _IRREGULAR_PLURALS.items()}
 _NOT_PLURAL_ENDINGS = ("ss", "us", "is", "ous")
 _SAME_IN_PLURAL = ("sheep", "fish", "deer")
 
@@ -59,7 +61,10 @@ def pluralize(noun_phrase: str) -> str:
     if not words:
         return noun_phrase
     last = words[-1]
-    if last.lower() in _SAME_IN_PLURAL:
+    if last.lower() in _IRREGULAR_SINGULARS:  # "mouse" → "mice", "person" → "people" (keeps a leading capital)
+        plural = _IRREGULAR_SINGULARS[last.lower()]
+        last = plural[:1].upper() + plural[1:] if last[:1].isupper() else plural
+    elif last.lower() in _SAME_IN_PLURAL:
         pass
     elif last.endswith(("s", "x", "z", "ch", "sh")):
         last += "es"

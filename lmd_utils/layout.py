@@ -22,11 +22,14 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import torch
 
 from .sam import as_uint8_image
+
+#: How a box's edges land on a grid: ``"edges"`` (ours, both edges rounded) or ``"authors"`` (start and width).
+BoxRounding = Literal["edges", "authors"]
 
 CANVAS_SIZE = 512
 DEFAULT_BACKGROUND = "A realistic scene"
@@ -88,20 +91,33 @@ class Box:
         """The same-size box with its top-left corner at ``(x0, y0)``."""
         return Box(self.phrase, x0, y0, x0 + self.width, y0 + self.height)
 
-    def pixel_slices(self, height: int, width: int) -> tuple[slice, slice]:
-        """Row and column slices of this box on a ``height``×``width`` grid (at least one cell each).
+    def pixel_slices(self, height: int, width: int, rounding: BoxRounding = "edges") -> tuple[slice, slice]:
+        """Row and column slices of this box on a ``height``×``width`` grid.
 
-        Edges are rounded to the nearest grid line, so a box keeps its size when the grid is coarse; a box
-        thinner than one cell still covers the cell holding its centre.
+        ``rounding="edges"`` (ours): both edges are rounded to the nearest grid line, so a box keeps its size when
+        the grid is coarse; a box thinner than one cell still covers the cell holding its centre.
+        ``rounding="authors"``: the start and the WIDTH are rounded separately, cells
+        ``round(x0·W) .. round(x0·W) + round((x1−x0)·W)`` (authors' ``utils/utils.py`` ``scale_proportion``), which
+        can be one cell off ours at either end, and is empty for a box thinner than half a cell.
         """
-        r0, r1 = _grid_span(self.y0, self.y1, height)
-        c0, c1 = _grid_span(self.x0, self.x1, width)
+        if rounding == "edges":
+            r0, r1 = _grid_span(self.y0, self.y1, height)
+            c0, c1 = _grid_span(self.x0, self.x1, width)
+        elif rounding == "authors":
+            r0, r1 = _authors_span(self.y0, self.y1, height)
+            c0, c1 = _authors_span(self.x0, self.x1, width)
+        else:
+            raise ValueError(f"rounding must be 'edges' or 'authors', not {rounding!r}")
         return slice(r0, r1), slice(c0, c1)
 
-    def mask(self, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A ``height``×``width`` tensor: 1 inside the box, 0 outside (the ``b`` of the paper's energy)."""
+    def mask(self, height: int, width: int, dtype: torch.dtype = torch.float32,
+             rounding: BoxRounding = "edges") -> torch.Tensor:
+        """A ``height``×``width`` tensor: 1 inside the box, 0 outside (the ``b`` of the paper's energy).
+
+        ``rounding``: how the box's edges land on the grid, see :meth:`pixel_slices` (``LMDConfig.box_rounding``).
+        """
         m = torch.zeros(height, width, dtype=dtype)
-        rows, cols = self.pixel_slices(height, width)
+        rows, cols = self.pixel_slices(height, width, rounding)
         m[rows, cols] = 1
         return m
 
@@ -113,6 +129,13 @@ def _grid_span(lo: float, hi: float, n: int) -> tuple[int, int]:
         a = min(max(math.floor((lo + hi) / 2 * n), 0), n - 1)
         b = a + 1
     return a, b
+
+
+def _authors_span(lo: float, hi: float, n: int) -> tuple[int, int]:
+    """The authors' ``scale_proportion``: start and size rounded separately, then clipped to the grid."""
+    a = round(lo * n)
+    b = a + round((hi - lo) * n)
+    return min(max(a, 0), n), min(max(b, 0), n)
 
 
 def draw_box(ax, box: Box, height: float, width: float, colour: Any = "white", style: str = "-",

@@ -408,6 +408,7 @@ def sam_refine_mask(
     min_score: float = MIN_SAM_SCORE,
     min_iou: float = MIN_COARSE_IOU,
     fallback: Literal["coarse", "authors"] = "coarse",
+    rules: Literal["ours", "authors"] = "ours",
 ) -> ObjectMask:
     """Refine one object's attention mask with SAM (paper §3.2; authors' ``sam_refine_attn``, point input).
 
@@ -425,7 +426,15 @@ def sam_refine_mask(
     and by default neither do we (``box=None``).  Given ``box``, the coarse mask and the point are searched
     inside it; given also ``box_margin`` (normalised units, e.g. 0.05), the final mask is clipped to the box
     grown by that margin.
+
+    ``rules="authors"`` (``LMDConfig.sam_rules``; authors' ``models/sam.py:125-175``) replaces steps 3-5 by theirs:
+    the point at the arg-max cell's top-left corner ``(col·W/w', row·H/h')``; SAM's masks bilinearly resized to
+    ``latent_size`` keeping any value > 0; the IoU with the coarse mask measured on the attention grid (the latent
+    masks bilinearly resized there, any > 0, ``ε = 1e-6``); the choice the penalised arg-max of the latent-grid
+    areas (:func:`_authors_choice`: always a SAM mask, so ``fallback`` does not apply).  It takes no ``box``.
     """
+    if rules not in ("ours", "authors") or (rules == "authors" and (box is not None or box_margin is not None)):
+        raise ValueError(f"rules must be 'ours' or 'authors' (the latter without a box), not {rules!r}")
     amap, _ = _as_batch(attention_map, "attention_map")
     if amap.shape[0] != 1:
         raise ValueError("sam_refine_mask takes one (h', w') map")
@@ -434,13 +443,26 @@ def sam_refine_mask(
     smooth = gaussian_blur(amap[0].float(), sigma)
     region = None if box is None else [box]
     coarse = normalized_threshold_masks(smooth, region, threshold=coarse_threshold)
-    point = argmax_points(smooth, (H, W), sigma=0.0, boxes=region)
-    point_xy = (float(point[0]), float(point[1]))
+    if rules == "authors":
+        row, col = divmod(int(smooth.flatten().argmax()), smooth.shape[1])
+        point_xy = (float(col * (W // smooth.shape[1])), float(row * (H // smooth.shape[0])))
+    else:
+        point = argmax_points(smooth, (H, W), sigma=0.0, boxes=region)
+        point_xy = (float(point[0]), float(point[1]))
 
     masks, scores = backend.predict(image, point_xy)
     masks, scores = masks.bool().cpu(), scores.float().cpu().reshape(-1)
     if masks.ndim != 3 or tuple(masks.shape[-2:]) != (H, W) or masks.shape[0] != scores.shape[0]:
         raise ValueError(f"SAM backend returned masks {tuple(masks.shape)} / scores {tuple(scores.shape)}")
+    if rules == "authors":
+        on_latent = F.interpolate(masks.float()[None], tuple(latent_size), mode="bilinear")[0] > 0
+        on_grid = F.interpolate(on_latent.float()[None], tuple(coarse.shape), mode="bilinear")[0] > 0
+        c = coarse.cpu()[None]
+        ious = ((c & on_grid).flatten(1).sum(1).double() / ((c | on_grid).flatten(1).sum(1).double() + 1e-6)).float()
+        sel = SamSelection(None, on_latent.flatten(1).sum(1), scores, ious, (scores >= min_score) & (ious >= min_iou))
+        index = _authors_choice(sel, min_score, min_iou)
+        return ObjectMask(latent_mask=on_latent[index], source="sam", coarse_mask=coarse, image_mask=masks[index],
+                          point_xy=point_xy, sam_scores=scores, sam_coarse_ious=ious, sam_index=index)
     coarse_on_image = resize_masks(coarse, (H, W), rule="nearest")
     sel = select_sam_mask(masks, scores, coarse_on_image, min_score=min_score, min_iou=min_iou)
 

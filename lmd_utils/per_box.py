@@ -80,21 +80,28 @@ class PerBoxPlan:
 
 
 def plan_per_box(layout: Layout, seed: int, placement: Placement = "authors", floor_padding: float = 0.2,
-                 negative_prompt: str = PER_BOX_NEGATIVE_PROMPT, box_seed_offset: int = 20) -> PerBoxPlan:
+                 negative_prompt: str = PER_BOX_NEGATIVE_PROMPT, box_seed_offset: int = 20,
+                 box_seed_start: int | None = None) -> PerBoxPlan:
     """Prompts, object words, generation boxes and noise seeds of every box of ``layout``.
 
     The layout's own negative prompt (e.g. "birds" for "... without birds") is prepended to ``negative_prompt`` as the
     authors do.  Box *i*'s extra noise uses seed ``seed + box_seed_offset + i`` (the authors use a fixed 20 + i,
     independent of the image seed; we tie it to the seed so that different seeds give different objects).
+    ``box_seed_start`` (``LMDConfig.box_seed_start``) gives the authors' seeds instead: ``box_seed_start + i``, plus
+    12345 where that equals the image seed (``utils/latents.py:144-147``).
     """
     negative = join_phrases(layout.negative, negative_prompt)
+    if box_seed_start is None:
+        seeds = [seed + box_seed_offset + i for i in range(len(layout.boxes))]
+    else:
+        seeds = [s + 12345 if s == seed else s for s in (box_seed_start + i for i in range(len(layout.boxes)))]
     return PerBoxPlan(
         prompts=[per_box_prompt(layout.background, b.phrase) for b in layout.boxes],
         words=[object_word(b.phrase) for b in layout.boxes],
         generation_boxes=[generation_box(b, placement, floor_padding) for b in layout.boxes],
         target_boxes=list(layout.boxes),
         negative_prompt=negative,
-        seeds=[seed + box_seed_offset + i for i in range(len(layout.boxes))],
+        seeds=seeds,
     )
 
 
@@ -108,7 +115,7 @@ class PerBoxResult:
     plan: PerBoxPlan
     latents: torch.Tensor  # (T+1, n, C, h, w): x_T, then after each step
     images: torch.Tensor  # (n, 3, H, W) in [0, 1]
-    mask_maps: torch.Tensor  # (n, h', w') aggregated object-word attention on the mask layers
+    mask_maps: torch.Tensor  # (n, h', w') aggregated object-word attention on the mask layers (on the CPU)
     word_tokens: list[int]  # per box, the token of its object word (plan.words) in its prompt
     #: per box, the object word's attention ``{(layer, step): (heads, H, W)}`` on the guidance layers during the
     #: guided steps: the reference of the composed pass's attention transfer (empty when transfer is off)
@@ -139,10 +146,12 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     guidance_layers, default_mask_layers = default_layers(pipe.unet)
     mask_layers = config.mask_layers or default_mask_layers
     guidance_cfg = config.per_box_guidance.on_layers(guidance_layers)
-    plan = plan_per_box(layout, seed, config.placement, config.floor_padding, config.per_box_negative_prompt)
+    plan = plan_per_box(layout, seed, config.placement, config.floor_padding, config.per_box_negative_prompt,
+                        box_seed_start=config.box_seed_start)
     n = len(plan.prompts)
     box_noise = initial_noise(pipe, n, height, width, plan.seeds)
-    gen_masks = torch.stack([b.mask(h, w) for b in plan.generation_boxes]).to(box_noise.device)
+    gen_masks = torch.stack([b.mask(h, w, rounding=config.box_rounding)
+                             for b in plan.generation_boxes]).to(box_noise.device)
     start = blend_box_noise(shared_noise, box_noise, gen_masks, config.noise_blend_ratio)
 
     # 2. each box's energy targets (its caption's tokens) and its object word's token
@@ -150,8 +159,8 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     background_end = len(layout.background.strip().rstrip("."))  # the caption's tokens come after this
     targets, word_tokens = [], []
     for prompt, box, caption in zip(plan.prompts, plan.generation_boxes, (b.phrase for b in layout.boxes)):
-        targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(tokenizer, prompt, caption, box,
-                                                                     start=background_end),)))
+        targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(
+            tokenizer, prompt, caption, box, start=background_end, skip_articles=guidance_cfg.skip_articles),)))
         word_tokens.append(word_token_indices(tokenizer, prompt, caption, start=background_end,
                                               last_token_only=True)[0])
 
@@ -171,7 +180,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     hooks, latents, maps, references = [], [], [], []
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
-        hook = BoxGuidance(targets[sl], guidance_cfg)
+        hook = BoxGuidance(targets[sl], guidance_cfg, box_rounding=config.box_rounding)
         store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
                                steps=mask_steps | transfer_steps)
         result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, config.guidance_scale,
@@ -185,5 +194,5 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
                                if k[1] in transfer_steps and k[0] in guided})
     latents_all = torch.cat(latents, dim=1)
     images = decode_latents(pipe, latents_all[-1].to(shared_noise.device))
-    return PerBoxResult(plan, latents_all, images, torch.cat(maps), word_tokens, references, hooks,
+    return PerBoxResult(plan, latents_all, images, torch.cat(maps).cpu(), word_tokens, references, hooks,
                         guidance_cfg.layers)

@@ -1,6 +1,7 @@
 """The complete LMD stage 2: layout → image (paper §3.2), one call into a step module per step.
 
-:func:`generate` runs, in order:
+:func:`generate` runs, in order (on the layout as configured, :func:`configured_layout`: background override and
+``LMDConfig.box_order``):
 
 0. the shared initial noise ``z_T`` (:mod:`~lmd_utils.models`);
 1. **per-box generation** (:func:`~lmd_utils.per_box.run_per_box`): every box alone from ``z_T`` with a little
@@ -83,8 +84,7 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     (e.g. "a scene without cats") is plain sampling of its background prompt with its negative prompt.
     """
     config = config or LMDConfig.for_pipe(pipe)
-    if config.background is not None:
-        layout = replace(layout, background=config.background)
+    layout = configured_layout(layout, config)
     negative = join_phrases(layout.negative, config.overall_negative_prompt)
     clock = _Clock()
 
@@ -103,19 +103,21 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     # 2. masks, on the generation boxes where the objects were drawn
     masks = extract_object_masks(per_box.mask_maps, per_box.plan.generation_boxes, tuple(shared.shape[-2:]),
                                  images=list(per_box.images) if sam is not None else None, backend=sam,
-                                 progress=progress, **({} if sam is not None else {"method": config.mask_method}))
+                                 progress=progress, **({"rules": config.sam_rules} if sam is not None
+                                                        else {"method": config.mask_method}))
     clock.lap("masks")
 
     # 3. each trajectory, mask and attention moved onto its target box, then composed (largest first)
     aligned = align_objects(per_box.latents, [m.latent_mask for m in masks], layout.boxes,
-                            per_box.references if config.attention_transfer else None)
-    composed, union = compose_trajectory(aligned, shared)
+                            per_box.references if config.attention_transfer else None, config.alignment,
+                            config.box_rounding)
+    composed, union = compose_trajectory(aligned, shared, config.compose_initial)
 
     # 4. the composed generation: frozen foreground + box guidance + attention transfer
     prompt, background_end = overall_prompt_for(layout, config.overall_prompt, pipe.tokenizer)
     guidance = composed_pass_guidance(pipe.tokenizer, layout, prompt, background_end, aligned,
                                       config.overall_guidance.on_layers(per_box.guidance_layers),
-                                      config.attention_transfer)
+                                      config.attention_transfer, config.box_rounding)
     frozen = FrozenForeground(composed.to(shared.device), union,
                               frozen_step_count(config.num_inference_steps, config.frozen_ratio))
     overall = denoise(pipe, composed[0:1].to(shared.device, shared.dtype), encode_prompts(pipe, [prompt]),
@@ -128,6 +130,18 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     return LMDResult(image, layout, seed, config, prompt, negative, "lmd", per_box=per_box, masks=masks,
                      aligned=aligned, union_mask=union, composed_latents=composed,
                      overall_latents=overall.latents_history, overall_guidance=guidance, timings=clock.done())
+
+
+def configured_layout(layout: Layout, config: LMDConfig) -> Layout:
+    """``layout`` as ``config`` wants it: its background replaced by ``config.background`` when that is set, its
+    boxes sorted by caption (stable) when ``config.box_order == "by_phrase"`` (the authors' ``convert_spec``)."""
+    if config.background is not None:
+        layout = replace(layout, background=config.background)
+    if config.box_order == "by_phrase":
+        layout = replace(layout, boxes=sorted(layout.boxes, key=lambda b: b.phrase))
+    elif config.box_order != "layout":
+        raise ValueError(f"box_order must be 'layout' or 'by_phrase', not {config.box_order!r}")
+    return layout
 
 
 class _Clock:

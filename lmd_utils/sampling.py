@@ -32,7 +32,7 @@ from .attention import (AttentionStore, capture_cross_attention, phrase_token_in
                         reduce_over_heads, run_unet_until_captured)
 from .config import GuidanceConfig
 from .energy import attention_transfer_energy, box_energy
-from .layout import Box
+from .layout import Box, BoxRounding
 from .models import model_device, model_dtype, scheduler_copy
 
 
@@ -256,6 +256,10 @@ def guidance_step_scale(scheduler, timestep: torch.Tensor, step: int) -> float:
     return 1.0
 
 
+#: The authors' initial loss (``loss = torch.tensor(10000.)``), for ``GuidanceConfig.stop_rule="authors"``.
+AUTHORS_INITIAL_LOSS = 10000.0
+
+
 class BoxGuidance:
     """``before_step`` hook: move the latents down the gradient of the box energy (paper §3.2).
 
@@ -269,23 +273,28 @@ class BoxGuidance:
     with ``box_energy`` and ``transfer`` from :mod:`~lmd_utils.energy`, ``b_o`` the union of an object's boxes,
     ``heads`` the configured head reduction and ``R`` the per-box reference maps.  Elements above
     ``loss_threshold`` are updated ``z ← z − loss_scale · scale_t · ∇_z E`` (:func:`guidance_step_scale`), the
-    others stop for this step.  Batch elements are independent (each has its own :class:`ImageTargets`), so one
+    others stop for this step (``stop_rule="current"``; ``"authors"``: see :meth:`_authors_before_step`).  Batch
+    elements are independent (each has its own :class:`ImageTargets`), so one
     batched forward serves every box of the per-box pass.  ``log`` keeps one :class:`GuidanceLogEntry` per
     iteration.
     """
 
-    def __init__(self, targets: Sequence[ImageTargets], config: GuidanceConfig | None = None):
+    def __init__(self, targets: Sequence[ImageTargets], config: GuidanceConfig | None = None,
+                 box_rounding: BoxRounding = "edges"):
         self.targets = [t if isinstance(t, ImageTargets) else ImageTargets(*t) for t in targets]
         self.config = config or GuidanceConfig()
+        self.box_rounding = box_rounding  # how boxes land on the attention grids (LMDConfig.box_rounding)
         self.log: list[GuidanceLogEntry] = []
         self._masks: dict[tuple[tuple[Box, ...], int, int], torch.Tensor] = {}
+        #: per element, the loss the authors' stop rule tests (``stop_rule="authors"``): the previous forward's
+        self.carried_loss = [AUTHORS_INITIAL_LOSS] * len(self.targets)
 
     # -- the energy -----------------------------------------------------------------------------------
     def box_mask(self, boxes: Sequence[Box], h: int, w: int, device) -> torch.Tensor:
         """The union of ``boxes`` on an ``h``×``w`` grid (cached: the same boxes come back every iteration)."""
         key = (tuple(boxes), h, w)
         if key not in self._masks:
-            self._masks[key] = torch.stack([b.mask(h, w) for b in boxes]).amax(0)
+            self._masks[key] = torch.stack([b.mask(h, w, rounding=self.box_rounding) for b in boxes]).amax(0)
         return self._masks[key].to(device)
 
     def object_energy(self, maps: torch.Tensor, obj: ObjectTarget) -> torch.Tensor:
@@ -361,6 +370,8 @@ class BoxGuidance:
         active = [e for e, t in enumerate(self.targets) if t]
         if n_iter == 0 or not active:
             return None
+        if cfg.stop_rule == "authors":
+            return self._authors_before_step(state, active, n_iter)
         scale = guidance_step_scale(state.scheduler, state.timestep, state.step)
         latents = state.latents.detach().clone()
         for it in range(n_iter):
@@ -376,6 +387,31 @@ class BoxGuidance:
             grad = torch.autograd.grad(energy[above].sum(), z)[0]
             latents[idx] = latents[idx] - (cfg.loss_scale * scale) * grad.to(latents.dtype)
             active = [e for e, a in zip(active, above.tolist()) if a]
+        return latents
+
+    def _authors_before_step(self, state: StepState, active: list[int], n_iter: int) -> torch.Tensor:
+        """The authors' loop (``models/pipelines.py:30, :161, :552``): ``while loss > threshold and iteration <
+        max_iter``, ``loss`` being the energy of the previous forward (before the last update), carried across
+        steps in :attr:`carried_loss` (initially 10000).  Every element still looping is updated, whatever its
+        current energy."""
+        cfg = self.config
+        scale = guidance_step_scale(state.scheduler, state.timestep, state.step)
+        latents = state.latents.detach().clone()
+        for it in range(n_iter):
+            active = [e for e in active if self.carried_loss[e] > cfg.loss_threshold]
+            if not active:
+                break
+            idx = torch.tensor(active, device=latents.device)
+            z = latents[idx].detach().requires_grad_(True)
+            energy = self.compute_energy(state.pipe, z, state.timestep, state.step, state.cond_embeds[idx],
+                                         state.scheduler, active)
+            grad = torch.autograd.grad(energy.sum(), z)[0]
+            latents[idx] = latents[idx] - (cfg.loss_scale * scale) * grad.to(latents.dtype)
+            values = energy.detach().cpu().tolist()
+            for e, v in zip(active, values):
+                self.carried_loss[e] = v
+            self.log.append(GuidanceLogEntry(state.step, it, list(active), values, [True] * len(active),
+                                             cfg.loss_scale * scale))
         return latents
 
     def energies_by_element(self, element: int) -> list[tuple[int, int, float]]:

@@ -181,3 +181,49 @@ def test_box_centre_distances_match_by_caption_once_each():
     found = [("a red square", Box("a red square", 0.1, 0.4, 0.4, 0.7))]  # 0.3 below the red circle's box
     assert box_centre_distances([RED], found) == [1.0]
     assert box_centre_distances([RED], found, key=colour) == pytest.approx([0.3])
+
+
+# -- LMDConfig.alignment / compose_initial -------------------------------------------------------------------
+def test_alignment_rule_centre_by_default_and_the_authors_index_centre_with_eighth_frame_shifts():
+    from lmd_utils.composition import align_objects
+    mask = _rect(64, 64, slice(30, 34), slice(27, 29))  # cell centres: x 28.0, y 32.0; indices: 27.5, 31.5
+    box = Box("o", 0.4, 0.4, 0.6, 0.6)  # centre (32, 32) cells
+    ours = alignment_shift(mask, box)
+    assert (ours.dx, ours.dy) == (round(32 - 28.0), round(32 - 32.0)) == (4, 0)
+    assert alignment_shift(mask, box, rule="centre") == ours
+    # authors: (0.5 − 27.5/64)·8 = 0.5625 → 1 eighth of the frame = 8 cells; (0.5 − 31.5/64)·8 = 0.0625 → 0
+    theirs = alignment_shift(mask, box, rule="authors")
+    assert (theirs.dx, theirs.dy) == (8, 0)
+    # our centre with the authors' quantum alone rounds (32 − 28)/8 = 0.5 to 0: the +0.5 is what differs
+    assert alignment_shift(mask, box, quantum=8).dx == 0
+    assert alignment_shift(mask, box, horizontal_only=True, rule="authors").dy == 0
+    latents = torch.randn(2, 1, 3, 64, 64)  # (T, n, C, h, w)
+    assert align_objects(latents, [mask], [box])[0].shift == ours
+    assert align_objects(latents, [mask], [box], alignment="authors")[0].shift == theirs
+    with pytest.raises(ValueError):
+        alignment_shift(mask, box, rule="nearest")
+
+
+def test_compose_initial_masks_by_default_and_the_authors_bounding_boxes_at_step_0():
+    from lmd_utils.composition import AlignedObject, compose_trajectory, mask_bounding_box
+    h, w, big, small = _scene()
+    g = torch.Generator().manual_seed(0)
+    objects = [AlignedObject(torch.randn(3, 2, h, w, generator=g), m, None, Shift(0, 0, (h, w))) for m in (big, small)]
+    shared = torch.randn(1, 2, h, w, generator=g)
+    composed, union = compose_trajectory(objects, shared)
+    background = torch.zeros(3, 2, h, w)
+    background[0] = shared[0]
+    expected, _ = compose_latents(background, torch.stack([o.latents for o in objects]), torch.stack([big, small]))
+    assert torch.equal(composed, expected) and torch.equal(union, big | small)
+    assert torch.equal(compose_trajectory(objects, shared, initial="masks")[0], composed)
+    # authors: step 0 first gets each mask's bounding box + 1 cell (largest first) from that object's step 0
+    small_box = mask_bounding_box(small)
+    assert small_box.sum() == 4 * 4 and small_box[2:6, 4:8].all()  # rows 3..4, cols 5..7, grown and clipped
+    assert mask_bounding_box(big).all()  # rows/cols 1..6 grown by one: the whole 8×8 frame
+    theirs, union2 = compose_trajectory(objects, shared, initial="authors")
+    first = torch.where(mask_bounding_box(big), objects[0].latents[0], shared[0])
+    first = torch.where(small_box, objects[1].latents[0], first)
+    first = torch.where(big, objects[0].latents[0], first)
+    first = torch.where(small, objects[1].latents[0], first)
+    assert torch.equal(theirs[0], first) and not torch.equal(theirs[0], composed[0])
+    assert torch.equal(theirs[1:], composed[1:]) and torch.equal(union2, union)

@@ -29,6 +29,8 @@ def test_number_words_round_trip():
 @pytest.mark.parametrize("caption, plural", [
     ("a red box", "red boxes"), ("a cat", "cats"), ("one berry", "berries"), ("the toy", "toys"),
     ("a sheep", "sheep"), ("a bench", "benches"),
+    ("a mouse", "mice"), ("a person", "people"), ("a grey mouse", "grey mice"), ("a knife", "knives"),
+    ("a glass", "glasses"), ("a child", "children"),
 ])
 def test_pluralize(caption, plural):
     assert pluralize(caption) == plural
@@ -38,3 +40,10 @@ def test_pluralize(caption, plural):
 def test_counted():
     assert counted(1, "a cat") == "a cat"
     assert counted(3, "a green square") == "three green squares"
+
+
+def test_pluralize_inverts_every_irregular_plural():
+    from lmd_utils.grammar import _IRREGULAR_PLURALS
+    for plural, singular in _IRREGULAR_PLURALS.items():
+        assert pluralize(f"a {singular}") == plural
+        assert singularize(pluralize(singular)) == singular

@@ -83,3 +83,20 @@ def test_draw_box_outlines_the_box_in_frame_coordinates(offset):
     assert rect.get_xy() == (4.0 + offset, 4.0 + offset)
     assert (rect.get_width(), rect.get_height()) == (8.0, 4.0)
     assert not rect.get_fill() and rect.get_linestyle() == "--"
+
+
+def test_box_rounding_edges_by_default_and_the_authors_start_plus_width():
+    box = Box("cat", 0.1875, 0.3, 0.5625, 0.7)  # columns 1.5 .. 4.5 on 8 cells
+    assert torch.equal(box.mask(8, 8), box.mask(8, 8, rounding="edges"))
+    for lo, hi in ((box.x0, box.x1), (box.y0, box.y1)):  # ours: both edges rounded (direct computation)
+        a, b = round(lo * 8), round(hi * 8)
+        assert (a, b) == (min(max(a, 0), 8), min(max(b, 0), 8)) and b > a
+    rows, cols = box.pixel_slices(8, 8)
+    assert (cols.start, cols.stop) == (round(1.5), round(4.5)) == (2, 4)
+    assert (rows.start, rows.stop) == (round(2.4), round(5.6)) == (2, 6)
+    rows, cols = box.pixel_slices(8, 8, rounding="authors")
+    assert (cols.start, cols.stop) == (2, 2 + round(3.0)) == (2, 5)  # start and width rounded separately
+    assert (rows.start, rows.stop) == (2, 2 + round(0.4 * 8)) == (2, 5)
+    assert box.mask(8, 8, rounding="authors").sum() == 9 and box.mask(8, 8).sum() == 8
+    with pytest.raises(ValueError):
+        box.mask(8, 8, rounding="floor")

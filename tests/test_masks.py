@@ -454,3 +454,39 @@ def test_segment_anything_backend_end_to_end(segment_anything_pkg, tmp_path):
     assert om.source == "sam" and om.latent_mask.shape == (5, 7)
     with pytest.raises(ValueError):
         SegmentAnythingSam.from_checkpoint(str(tmp_path / "none.pth"), model_type="vit_q")
+
+
+def test_sam_rules_ours_by_default_and_the_authors_point_resize_iou_and_choice():
+    import torch.nn.functional as F
+    from lmd_utils.masks import extract_object_masks, gaussian_blur, normalized_threshold_masks
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    scores = torch.tensor([0.5, 0.6, 0.7])  # nothing confident: ours falls back, the authors' arg-max does not
+    default = sam_refine_mask(_peak_map(), image, ScriptedSam(_image_masks(), scores), latent_size=(8, 8))
+    ours = sam_refine_mask(_peak_map(), image, ScriptedSam(_image_masks(), scores), latent_size=(8, 8),
+                           rules="ours")
+    assert default.source == ours.source == "coarse-fallback" and torch.equal(default.latent_mask, ours.latent_mask)
+    assert default.point_xy == ours.point_xy
+    backend = ScriptedSam(_image_masks(), scores)
+    theirs = sam_refine_mask(_peak_map(), image, backend, latent_size=(8, 8), rules="authors")
+    # the point: the arg-max cell's top-left corner (16×16 map on a 64×64 image: 4 pixels a cell)
+    smooth = gaussian_blur(_peak_map(), 1.5)
+    row, col = divmod(int(smooth.flatten().argmax()), 16)
+    assert backend.points == [(4.0 * col, 4.0 * row)] and default.point_xy == (4.0 * col + 2, 4.0 * row + 2)
+    # latent masks: bilinear, any value > 0; IoU on the attention grid
+    on_latent = F.interpolate(_image_masks().float()[None], (8, 8), mode="bilinear")[0] > 0
+    on_attention = F.interpolate(on_latent.float()[None], (16, 16), mode="bilinear")[0] > 0
+    coarse = normalized_threshold_masks(smooth, None, threshold=0.25)
+    inter = (coarse[None] & on_attention).flatten(1).sum(1).double()
+    union = (coarse[None] | on_attention).flatten(1).sum(1).double()
+    assert torch.allclose(theirs.sam_coarse_ious, (inter / (union + 1e-6)).float())
+    # the choice: area − max·[score < 0.85] − max·[IoU < 0.25] on the latent grid → mask 1, a SAM mask
+    areas = on_latent.flatten(1).sum(1)
+    penalised = areas - areas.max() * (scores < 0.85).long() - areas.max() * (theirs.sam_coarse_ious < 0.25).long()
+    assert theirs.sam_index == int(penalised.argmax()) == 1 and theirs.source == "sam"
+    assert torch.equal(theirs.latent_mask, on_latent[1])
+    # reachable through extract_object_masks (as generate passes LMDConfig.sam_rules)
+    via = extract_object_masks(_peak_map()[None], [Box("o", 0, 0, 1, 1)], (8, 8), images=[image],
+                               backend=ScriptedSam(_image_masks(), scores), progress=False, rules="authors")
+    assert torch.equal(via[0].latent_mask, theirs.latent_mask)
+    with pytest.raises(ValueError):
+        sam_refine_mask(_peak_map(), image, backend, latent_size=(8, 8), rules="theirs")

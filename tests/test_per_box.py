@@ -51,3 +51,13 @@ def test_plan_prepends_the_layout_negative_prompt():
     assert plan.words == ["cat", "dog"]
     assert plan.negative_prompt == "birds, " + PER_BOX_NEGATIVE_PROMPT
     assert plan.seeds == [23, 24]
+
+
+def test_box_seeds_ours_by_default_and_the_authors_fixed_start():
+    layout = Layout([Box("a cat", 0, 0, 0.5, 0.5), Box("a dog", 0.5, 0.5, 1, 1), Box("a cow", 0, 0.5, 0.5, 1)])
+    assert plan_per_box(layout, seed=7).seeds == [7 + 20 + i for i in range(3)] == [27, 28, 29]
+    assert plan_per_box(layout, seed=7, box_seed_start=None).seeds == [27, 28, 29]
+    assert plan_per_box(layout, seed=7, box_seed_start=20).seeds == [20, 21, 22]  # whatever the image seed
+    assert plan_per_box(layout, seed=8, box_seed_start=20).seeds == [20, 21, 22]
+    # a box seed equal to the image seed gets +12345 (authors' utils/latents.py)
+    assert plan_per_box(layout, seed=21, box_seed_start=20).seeds == [20, 21 + 12345, 22]

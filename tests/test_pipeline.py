@@ -1,4 +1,6 @@
 """End to end on the random-weight tiny SD: the wiring of LMD stage 2 (behaviour, not image quality)."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -155,3 +157,43 @@ def test_source_prompt_is_not_used_when_it_names_the_excluded_object(pipe, confi
     lay = Layout([Box("a cat", 0.1, 0.2, 0.5, 0.8)], "", "dogs", "a cat without dogs")
     assert overall_prompt_for(lay, "source", pipe.tokenizer) == ("a cat", 0)
     assert overall_prompt_for(replace(lay, negative=""), "source", pipe.tokenizer) == ("a cat without dogs", 0)
+
+
+# -- switches: box_order, skip_articles, the authors' config ------------------------------------------------
+def test_box_order_keeps_the_layout_by_default_and_sorts_by_phrase_for_the_authors(pipe, layout, config, result):
+    from lmd_utils.pipeline import configured_layout
+    assert config.box_order == "layout" and configured_layout(layout, config) == layout
+    assert result.layout.boxes == layout.boxes
+    unsorted = Layout([Box("a dog", 0.5, 0, 1, 1), Box("a cat", 0, 0, 0.5, 1), Box("a bird", 0, 0, 0.2, 0.2),
+                       Box("a cat", 0.1, 0.1, 0.3, 0.3)], "a park")
+    ordered = configured_layout(unsorted, replace(config, box_order="by_phrase"))
+    assert [b.phrase for b in ordered.boxes] == ["a bird", "a cat", "a cat", "a dog"]
+    assert ordered.boxes[1] is unsorted.boxes[1] and ordered.boxes[2] is unsorted.boxes[3]  # stable
+    with pytest.raises(ValueError):
+        LMDConfig(box_order="random")
+
+
+def test_skip_articles_reaches_both_passes(pipe, layout, config, result):
+    from lmd_utils.attention import phrase_token_indices
+    from lmd_utils.composition import composed_pass_guidance
+    from lmd_utils.per_box import run_per_box
+    tok = pipe.tokenizer
+    # default: the per-box and composed energies skip the articles (recorded in the result)
+    prompt0 = result.per_box.plan.prompts[0]
+    background_end = len(layout.background)
+    assert result.per_box.guidance[0].targets[0].objects[0].token_indices == tuple(
+        phrase_token_indices(tok, prompt0, "a red cat", start=background_end, skip_articles=True))
+    overall = result.overall_guidance.targets[0].objects
+    assert overall[0].token_indices == tuple(phrase_token_indices(tok, result.prompt, "a red cat",
+                                                                  start=background_end))
+    # authors: the article's token too
+    theirs = replace(config.overall_guidance, skip_articles=False)
+    hook = composed_pass_guidance(tok, layout, result.prompt, background_end, result.aligned, theirs)
+    with_article = phrase_token_indices(tok, result.prompt, "a red cat", start=background_end, skip_articles=False)
+    assert hook.targets[0].objects[0].token_indices == tuple(with_article)
+    assert len(with_article) == len(overall[0].token_indices) + 1
+    short = replace(config, per_box_guidance=replace(config.per_box_guidance, skip_articles=False)).with_steps(1)
+    shared = initial_noise(pipe, 1, *short.resolution(pipe), seed=1)
+    per_box = run_per_box(pipe, layout, 1, short, shared, progress=False)
+    assert per_box.guidance[0].targets[0].objects[0].token_indices == tuple(
+        phrase_token_indices(tok, prompt0, "a red cat", start=background_end, skip_articles=False))

@@ -289,3 +289,49 @@ def test_energy_is_the_documented_mean_over_layers_objects_tokens_and_phrases():
               for t, r, x in ((4, refs[0], b), (4, refs[1], c), (2, refs[2], a))]
         expected += (cat + dogs) / 2 + 0.7 * ((tr[0] + tr[1]) / 2 + tr[2]) / 2
     torch.testing.assert_close(got, torch.stack([expected / len(layers)]))
+
+
+# -- GuidanceConfig.stop_rule -------------------------------------------------------------------------------
+def test_stop_rule_defaults_to_current_and_authors_tests_the_previous_forward(pipe, embeds):
+    cond, _ = embeds
+    assert GuidanceConfig().stop_rule == "current" and GuidanceConfig.authors().stop_rule == "authors"
+    z = initial_noise(pipe, 2, 128, 128, seed=5)
+    state = _step_state(pipe, z, cond)
+    probe = BoxGuidance(_targets(pipe.tokenizer))
+    e = probe.compute_energy(pipe, z, state.timestep, 0, cond, state.scheduler)
+    above_all = float(e.detach().max()) + 1.0  # every energy is below this threshold
+    # ours: the current energy is tested first, so nothing moves
+    ours = BoxGuidance(_targets(pipe.tokenizer), GuidanceConfig(loss_threshold=above_all))
+    assert torch.equal(ours.before_step(state), z)
+    # authors: the carried loss starts at 10000, so the first iteration updates every element; its loss (the
+    # energy before the update) is then below the threshold and the loop stops, for this step and the next ones
+    cfg = GuidanceConfig(loss_threshold=above_all, stop_rule="authors")
+    authors = BoxGuidance(_targets(pipe.tokenizer), cfg)
+    assert authors.carried_loss == [10000.0, 10000.0]
+    new = authors.before_step(state)
+    zz = z.detach().clone().requires_grad_(True)
+    grad = torch.autograd.grad(probe.compute_energy(pipe, zz, state.timestep, 0, cond, state.scheduler).sum(),
+                               zz)[0]
+    scale = guidance_step_scale(state.scheduler, state.timestep, 0)
+    assert torch.allclose(new, z - cfg.loss_scale * scale * grad, atol=1e-6)
+    assert len(authors.log) == 1 and authors.log[0].elements == [0, 1]
+    assert torch.allclose(torch.tensor(authors.carried_loss), e, atol=1e-6)
+    later = authors.before_step(_step_state(pipe, new, cond, step=1))
+    assert torch.equal(later, new) and len(authors.log) == 1  # never again in this image
+    # losses staying above the threshold run all the step's iterations; an element whose carried loss is below
+    # it does not run at all
+    low = BoxGuidance(_targets(pipe.tokenizer), GuidanceConfig(loss_threshold=0.0, stop_rule="authors"))
+    low.carried_loss = [10000.0, 0.0]
+    low.before_step(_step_state(pipe, z, cond, step=2))
+    assert [x.elements for x in low.log] == [[0]] * low.config.iterations_at(2) == [[0]] * 4
+    with pytest.raises(ValueError):
+        GuidanceConfig(stop_rule="never")
+
+
+def test_box_rounding_reaches_the_energy_masks(pipe):
+    box = Box("cat", 0.1875, 0.0, 0.5625, 1.0)  # x: 1.5 .. 4.5 on 8 cells (both edges round to even: 2 .. 4)
+    ours, theirs = BoxGuidance([]), BoxGuidance([], box_rounding="authors")
+    assert torch.equal(ours.box_mask((box,), 8, 8, "cpu"), box.mask(8, 8))
+    assert torch.equal(ours.box_mask((box,), 8, 8, "cpu")[0], torch.tensor([0, 0, 1, 1, 0, 0, 0, 0.]))
+    # the authors round the start (2) and the width (3) separately
+    assert torch.equal(theirs.box_mask((box,), 8, 8, "cpu")[0], torch.tensor([0, 0, 1, 1, 1, 0, 0, 0.]))

@@ -1,33 +1,36 @@
 """Run our :func:`lmd_utils.pipeline.generate` on the shared model in the authors' mode and record every stage
 (runs in ``.venv``).
 
-"Authors' mode" = an :class:`~lmd_utils.config.LMDConfig` with the authors' values (``GuidanceConfig.authors()``:
-head-summed energy with their literal scale, threshold and transfer weight; the full guidance forward; one box per
-UNet batch; their step schedule from ``scenario.py``) plus EMULATIONS of the authors' behaviours that no config field
-selects yet.  Each emulation wraps or replaces one of our functions from the outside (the library is not edited); its
-name is what ``--ours NAME`` switches back to our own behaviour, one at a time, to measure that difference alone:
+"Authors' mode" = ``LMDConfig.authors(...)`` (:meth:`lmd_utils.config.LMDConfig.authors`, with
+``GuidanceConfig.authors()`` for both passes) with the scenario's numbers (steps, size, thresholds, schedule).  Every
+difference is a documented switch of the library; ``--ours NAME`` puts one back to our own behaviour, to measure that
+difference alone:
 
 ================  ============================================================================================
-box_order         boxes sorted by caption before anything else (their ``convert_spec`` sorts ``gen_boxes``)
-box_seeds         per-box noise seeds ``fg_seed_start + i`` (+12345 on a clash with the image seed), not ``seed+20+i``
-box_raster        a box covers cells ``round(x0·W) .. round(x0·W) + round((x1-x0)·W)`` (their ``scale_proportion``:
-                  start and width rounded), not ``round(x0·W) .. round(x1·W)`` (ours: both edges rounded)
-tokens            energy tokens include the articles (``phrase_token_indices(skip_articles=False)``)
-stop_rule         guidance stops on the loss of the PREVIOUS forward, carried across steps (starts at 10000)
-alignment         centre of mass in cell indices (no +0.5) and shifts rounded to 1/8 of the frame
-compose_step0     the composed step-0 latents also copy each aligned object's mask bounding box (+1 cell)
-sam_point         SAM's point at the arg-max cell's top-left corner (ours: its centre)
-sam_to_latent     SAM's masks bilinearly resized to the latent grid, any value > 0 kept (ours: majority per cell)
-sam_iou           coarse IoU on the attention grid (ours: on the image grid)
-sam_choice        penalised arg-max by latent-grid area (ours: largest mask passing both tests, else the coarse
-                  mask)
-sam               all four at once, i.e. our own ``extract_object_masks`` as ``generate`` calls it
+box_order         ``LMDConfig.box_order="layout"`` (authors: ``"by_phrase"``, their ``convert_spec`` sorts
+                  ``gen_boxes``)
+box_seeds         ``LMDConfig.box_seed_start=None``: ``seed+20+i`` (authors: ``fg_seed_start + i``, +12345 on a clash)
+box_raster        ``LMDConfig.box_rounding="edges"`` (authors: ``"authors"``, start and width rounded separately)
+tokens            ``GuidanceConfig.skip_articles=True`` in both passes (authors: ``False``, articles included)
+stop_rule         ``GuidanceConfig.stop_rule="current"`` in both passes (authors: the previous forward's loss,
+                  carried across steps, starting at 10000)
+alignment         ``LMDConfig.alignment="centre"`` (authors: index centre of mass, shift rounded to 1/8 frame)
+compose_step0     ``LMDConfig.compose_initial="masks"`` (authors: step 0 also pastes each mask's bounding box +1)
+sam               ``LMDConfig.sam_rules="ours"`` (all four SAM rules below at once)
+head_reduction    ``GuidanceConfig.head_reduction="mean"`` with the authors' numbers divided by the head count
+truncate_forward  ``GuidanceConfig.truncate_forward=True``
+batching          ``LMDConfig.max_batch=None`` (all boxes in one UNet batch)
 ================  ============================================================================================
 
-Config switches that already exist, flipped back by ``--ours`` as well: ``head_reduction`` (ours: head mean with the
-authors' numbers divided by the head count), ``truncate_forward`` (ours: on), ``batching`` (ours: all boxes in one
-UNet batch), ``sam_fallback`` (only the existing ``fallback="authors"`` of :func:`~lmd_utils.masks.sam_refine_mask`,
-every other SAM detail ours).
+What is still outside the library (diagnostics only, never in the default authors' mode):
+
+* ``sam_point``, ``sam_to_latent``, ``sam_iou``, ``sam_choice``: ONE of the four SAM rules put back to ours, the other
+  three the authors'.  ``LMDConfig.sam_rules`` switches the four together, so this script assembles the mixed rule
+  from our pieces (:func:`make_sam_masks`).
+* ``sam_fallback``: our SAM rules with only the authors' fallback (``sam_refine_mask(..., fallback="authors")``, no
+  config field), passed by wrapping ``extract_object_masks``.
+* recording: ``BoxGuidance`` is subclassed to record energies and guided latents, and ``initial_noise`` /
+  ``encode_prompts`` are wrapped to record their outputs; none of this changes a value.
 
 Usage: ``python tests/reference/run_ours.py --model DIR --sam DIR --out FILE [--scenario fast] [--ours NAME ...]``
 """
@@ -68,9 +71,22 @@ except ImportError:  # pragma: no cover - older tree
     from lmd_utils.masks import TransformersSam, as_uint8_image  # noqa: E402
 from lmd_utils.models import load_pipeline, scheduler_copy  # noqa: E402
 
-EMULATIONS = ("box_order", "box_seeds", "box_raster", "tokens", "stop_rule", "alignment", "compose_step0",
-              "sam_point", "sam_to_latent", "sam_iou", "sam_choice", "sam")
-SWITCHES = ("head_reduction", "truncate_forward", "batching", "sam_fallback")
+#: ``--ours NAME`` → the library switches that put our behaviour back (LMDConfig fields; ``guidance`` for both passes)
+SWITCHES = {
+    "box_order": {"box_order": "layout"},
+    "box_seeds": {"box_seed_start": None},
+    "box_raster": {"box_rounding": "edges"},
+    "alignment": {"alignment": "centre"},
+    "compose_step0": {"compose_initial": "masks"},
+    "sam": {"sam_rules": "ours"},
+    "batching": {"max_batch": None},
+    "tokens": {"guidance": {"skip_articles": True}},
+    "stop_rule": {"guidance": {"stop_rule": "current"}},
+    "truncate_forward": {"guidance": {"truncate_forward": True}},
+    "head_reduction": {},  # see config_of: the authors' numbers divided by the head count
+}
+#: diagnostics that no single switch gives (see the module docstring)
+DIAGNOSTICS = ("sam_point", "sam_to_latent", "sam_iou", "sam_choice", "sam_fallback")
 
 REC: dict[str, torch.Tensor] = {}
 META: dict = {"energies": {}, "token_indices": {}, "prompts": {}, "notes": []}
@@ -92,59 +108,28 @@ class _Counter:
     per_box_next = 0
 
 
-def make_guidance_class(authors_stop: bool, label_of):
-    """A BoxGuidance that records energies and guided latents; with ``authors_stop`` it runs the authors' loop."""
+def make_guidance_class(label_of):
+    """A BoxGuidance that records energies (from its log) and guided latents; the stop rule is its config's."""
 
     class RecordingGuidance(sampling.BoxGuidance):
-        def __init__(self, targets, config=None):
-            super().__init__(targets, config)
+        def __init__(self, targets, config=None, **kwargs):
+            super().__init__(targets, config, **kwargs)
             self.labels = label_of(len(self.targets))
-            self.carried = [10000.0] * len(self.targets)  # the authors' initial ``loss = torch.tensor(10000.)``
 
         def _log(self, step, it, element, energy):
             META["energies"].setdefault(self.labels[element], []).append([int(step), int(it), float(energy)])
 
         def before_step(self, state):
-            if authors_stop:
-                out = self._authors_before_step(state)
-            else:
-                start = len(self.log)
-                out = super().before_step(state)
-                for entry in self.log[start:]:
-                    for e, energy in zip(entry.elements, entry.energies):
-                        self._log(entry.step, entry.iteration, e, energy)
+            start = len(self.log)
+            out = super().before_step(state)
+            for entry in self.log[start:]:
+                for e, energy in zip(entry.elements, entry.energies):
+                    self._log(entry.step, entry.iteration, e, energy)
             if state.step < self.config.guidance_steps:
                 latents = state.latents if out is None else out
                 for e, label in enumerate(self.labels):
                     GUIDED.setdefault(label, {})[state.step] = latents[e].detach().cpu().clone()
             return out
-
-        @torch.enable_grad()
-        def _authors_before_step(self, state):
-            cfg = self.config
-            n_iter = cfg.iterations_at(state.step)
-            if n_iter == 0:
-                return None
-            scale = sampling.guidance_step_scale(state.scheduler, state.timestep, state.step)
-            latents = state.latents.detach().clone()
-            for e in range(len(self.targets)):
-                if not self.targets[e]:
-                    continue
-                z = latents[e:e + 1]
-                it = 0
-                # authors: ``while loss / loss_scale > loss_threshold and iteration < max_iter``, ``loss`` being the
-                # value of the previous forward (before the last update), kept across steps
-                while self.carried[e] > cfg.loss_threshold and it < n_iter:
-                    z = z.detach().requires_grad_(True)
-                    energy = self.compute_energy(state.pipe, z, state.timestep, state.step,
-                                                 state.cond_embeds[e:e + 1], state.scheduler, [e])
-                    grad = torch.autograd.grad(energy.sum(), z)[0]
-                    z = (z - (cfg.loss_scale * scale) * grad).detach()
-                    self.carried[e] = float(energy.detach())
-                    self._log(state.step, it, e, self.carried[e])
-                    it += 1
-                latents[e:e + 1] = z
-            return latents
 
     return RecordingGuidance
 
@@ -159,78 +144,8 @@ def per_box_labels(n):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# emulations of the authors' behaviours (outside the library)
+# diagnostics: the SAM rules one at a time (LMDConfig.sam_rules switches the four together)
 # ---------------------------------------------------------------------------------------------------------
-def emulate_box_seeds(fg_seed_start: int, seed: int) -> None:
-    original = per_box_mod.plan_per_box
-
-    def plan_per_box(layout, seed_, *args, **kwargs):
-        plan = original(layout, seed_, *args, **kwargs)
-        plan.seeds = [s + 12345 if s == seed else s for s in (fg_seed_start + i for i in range(len(plan.prompts)))]
-        return plan
-
-    per_box_mod.plan_per_box = plan_per_box
-
-
-def emulate_box_raster() -> None:
-    import lmd_utils.layout as layout_mod
-
-    def mask(self, height, width, dtype=torch.float32):
-        x0, y0 = round(self.x0 * width), round(self.y0 * height)
-        x1, y1 = x0 + round((self.x1 - self.x0) * width), y0 + round((self.y1 - self.y0) * height)
-        m = torch.zeros(height, width, dtype=dtype)
-        m[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)] = 1
-        return m
-
-    layout_mod.Box.mask = mask
-
-
-def emulate_tokens() -> None:
-    original = sampling.ObjectTarget.for_phrase.__func__
-
-    def for_phrase(cls, tokenizer, prompt, phrase, boxes, start=0, **kwargs):
-        kwargs.setdefault("skip_articles", False)
-        return original(cls, tokenizer, prompt, phrase, boxes, start=start, **kwargs)
-
-    sampling.ObjectTarget.for_phrase = classmethod(for_phrase)
-
-
-def emulate_alignment() -> None:
-    def alignment_shift(mask, box, horizontal_only=False, quantum=1):
-        h, w = mask.shape[-2:]
-        m = mask.double()
-        total = m.sum()
-        cx = float((m.sum(0) @ torch.arange(w, dtype=torch.float64)) / total) / w  # cell index, no +0.5
-        cy = float((m.sum(1) @ torch.arange(h, dtype=torch.float64)) / total) / h
-        x_off, y_off = box.center[0] - cx, 0.0 if horizontal_only else box.center[1] - cy
-        dx, dy = round(x_off * 8) * (w // 8), round(y_off * 8) * (h // 8)  # 1/8 of the frame
-        return composition.Shift(int(dx), int(dy), (h, w))
-
-    composition.alignment_shift = alignment_shift
-
-
-def emulate_compose_step0() -> None:
-    original = pipeline.compose_trajectory
-
-    def compose_trajectory(aligned, shared_noise):
-        composed, union = original(aligned, shared_noise)
-        first = shared_noise[0].to(composed.dtype).clone()
-        order = composition.paste_order(torch.stack([a.mask for a in aligned])).tolist()
-        h, w = first.shape[-2:]
-        for i in order:  # the mask's bounding box, one cell larger on each side, from the object's x_T
-            rows, cols = torch.where(aligned[i].mask)
-            r0, r1 = max(int(rows.min()) - 1, 0), min(int(rows.max()) + 1, h)
-            c0, c1 = max(int(cols.min()) - 1, 0), min(int(cols.max()) + 1, w)
-            first[..., r0:r1 + 1, c0:c1 + 1] = aligned[i].latents[0][..., r0:r1 + 1, c0:c1 + 1]
-        for i in order:
-            first = torch.where(aligned[i].mask, aligned[i].latents[0], first)
-        composed = composed.clone()
-        composed[0] = first
-        return composed, union
-
-    pipeline.compose_trajectory = compose_trajectory
-
-
 def make_sam_masks(ours: set[str]):
     """The authors' ``sam_refine_attn`` (point input) assembled from our pieces, each of its four rules replaceable by
     ours (``--ours sam_point / sam_to_latent / sam_iou / sam_choice``):
@@ -310,10 +225,9 @@ class RecordingSam:
 
 
 # ---------------------------------------------------------------------------------------------------------
-def layout_of(sc: dict, sort: bool) -> Layout:
+def layout_of(sc: dict) -> Layout:
+    """The layout in the LLM's order (``LMDConfig.box_order="by_phrase"`` sorts it inside ``generate``)."""
     boxes = [Box.from_xywh(name, xywh, canvas=sc["width"]) for name, xywh in sc["gen_boxes"]]
-    if sort:
-        boxes = sorted(boxes, key=lambda b: b.phrase)  # their convert_spec: sorted(gen_boxes, key=name), stable
     return Layout(boxes=boxes, background=sc["bg_prompt"], negative=sc["extra_neg_prompt"], prompt=sc["prompt"])
 
 
@@ -322,22 +236,24 @@ def config_of(sc: dict, ours: set[str], heads: int) -> LMDConfig:
         g = GuidanceConfig.authors(loss_scale=sc[prefix + "loss_scale"] if prefix else sc["loss_scale"],
                                    loss_threshold=sc[prefix + "loss_threshold"],
                                    iterations=tuple(sc[prefix + "max_iter"]), guidance_steps=sc[prefix + "max_index_step"],
-                                   transfer_weight=sc["ref_ca_loss_weight"], layers=(), truncate_forward=False)
+                                   transfer_weight=sc["ref_ca_loss_weight"], layers=())
+        for name in ours:
+            g = replace(g, **SWITCHES.get(name, {}).get("guidance", {}))
         if "head_reduction" in ours:  # ours: head mean, the authors' numbers expressed per head of this model
             g = replace(g, head_reduction="mean", loss_scale=g.loss_scale * heads,
                         loss_threshold=g.loss_threshold / heads, transfer_weight=g.transfer_weight / heads)
-        if "truncate_forward" in ours:
-            g = replace(g, truncate_forward=True)
         return g
 
-    return LMDConfig(
+    overrides = {k: v for name in ours for k, v in SWITCHES.get(name, {}).items() if k != "guidance"}
+    if ours & {"sam_point", "sam_to_latent", "sam_iou", "sam_choice", "sam_fallback"}:
+        overrides["sam_rules"] = "ours"  # the diagnostics replace or wrap the mask step themselves
+    return LMDConfig.authors(
         num_inference_steps=sc["num_inference_steps"], guidance_scale=sc["guidance_scale"],
         height=sc["height"], width=sc["width"],
         per_box_guidance=guidance(""), overall_guidance=guidance("overall_"),
-        mask_start_step=sc["attn_aggregation_step_start"], mask_method="normalized", placement="authors",
+        mask_start_step=sc["attn_aggregation_step_start"],
         floor_padding=sc["so_floor_padding"], noise_blend_ratio=sc["fg_blending_ratio"],
-        frozen_ratio=sc["frozen_step_ratio"], attention_transfer=True, overall_prompt="authors",
-        max_batch=None if "batching" in ours else 1,
+        frozen_ratio=sc["frozen_step_ratio"], box_seed_start=sc["fg_seed_start"], **overrides,
     )
 
 
@@ -349,7 +265,7 @@ def main() -> None:
     ap.add_argument("--scenario", default="fast")
     ap.add_argument("--authors", type=Path, default=None,
                     help="the authors' record: also run our mask step on THEIR per-box images and attention maps")
-    ap.add_argument("--ours", nargs="*", default=[], choices=EMULATIONS + SWITCHES,
+    ap.add_argument("--ours", nargs="*", default=[], choices=tuple(SWITCHES) + DIAGNOSTICS,
                     help="use our behaviour instead of the authors' for these")
     args = ap.parse_args()
     sc = scenarios.get(args.scenario)
@@ -358,25 +274,14 @@ def main() -> None:
 
     pipe = load_pipeline(str(args.model), device="cpu", dtype=torch.float32)
     heads = pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn2.heads
-    layout = layout_of(sc, sort="box_order" not in ours)
+    layout = layout_of(sc)
     config = config_of(sc, ours, heads)
 
-    authors_stop = "stop_rule" not in ours
-    per_box_mod.BoxGuidance = make_guidance_class(authors_stop, per_box_labels)
-    composition.BoxGuidance = make_guidance_class(authors_stop, lambda n: ["overall"] * n)
-    if "box_seeds" not in ours:
-        emulate_box_seeds(sc["fg_seed_start"], sc["seed"])
-    if "box_raster" not in ours:
-        emulate_box_raster()
-    if "tokens" not in ours:
-        emulate_tokens()
-    if "alignment" not in ours:
-        emulate_alignment()
-    if "compose_step0" not in ours:
-        emulate_compose_step0()
-    if "sam" not in ours and "sam_fallback" not in ours:
+    per_box_mod.BoxGuidance = make_guidance_class(per_box_labels)  # recording only
+    composition.BoxGuidance = make_guidance_class(lambda n: ["overall"] * n)
+    if ours & {"sam_point", "sam_to_latent", "sam_iou", "sam_choice"}:  # one SAM rule ours, three the authors'
         pipeline.extract_object_masks = make_sam_masks(ours)
-    elif "sam" not in ours:  # only the existing switch: our SAM path with the authors' fallback rule
+    elif "sam_fallback" in ours:  # our SAM rules with only the authors' fallback
         original_extract = pipeline.extract_object_masks
         pipeline.extract_object_masks = lambda *a, **k: original_extract(
             *a, **({**k, "fallback": "authors"} if k.get("backend") is not None else k))
@@ -408,6 +313,7 @@ def main() -> None:
                                            SamProcessor.from_pretrained(str(args.sam)), device="cpu"))
 
     result = pipeline.generate(pipe, layout, seed=sc["seed"], config=config, sam=sam, progress=False)
+    layout = result.layout  # as generate ordered it (LMDConfig.box_order)
 
     # ---- record the stages -------------------------------------------------------------------------------
     tok = pipe.tokenizer
@@ -479,7 +385,8 @@ def main() -> None:
             images = [f.get_tensor(f"per_box.{i}.image").numpy() for i in range(n)]
         probe = RecordingSam(sam.backend)
         same = pipeline.extract_object_masks(maps, pb.plan.generation_boxes, tuple(pb.latents.shape[-2:]),
-                                             images=images, backend=probe, progress=False)
+                                             images=images, backend=probe, progress=False,
+                                             rules=config.sam_rules)
         for i, (m, (_, point, sam_masks, scores)) in enumerate(zip(same, probe.calls)):
             put(f"same_input.masks.{i}.point", torch.tensor(point, dtype=torch.float32))
             put(f"same_input.masks.{i}.sam_scores", scores)
