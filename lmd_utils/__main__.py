@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .downloads import DownloadNotAllowed
 from .layout import Layout
 from .llm_client import CacheCorruptError, LLMNotConfigured, LLMRequestError, resolve_source
 from .llm_layouts import LayoutParseError, MissingReplyError
@@ -38,7 +39,7 @@ TOY_DEMO_PROMPT = "a red circle on the left and a blue square on the right"
 #: Errors that come from the user's input or set-up, reported as one line instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     LLMNotConfigured, LLMRequestError, LayoutParseError, MissingReplyError, CacheCorruptError, FileNotFoundError,
-    ValueError,
+    ValueError, DownloadNotAllowed,
 )
 
 

@@ -31,7 +31,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .data import DATA_DIR
-from .offline_tokenizer import build_clip_tokenizer
+from .downloads import check_download
+from .offline_tokenizer import build_clip_tokenizer, single_token_order
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: Where the toy-world training writes its pipeline (relative to the repository root).
@@ -109,7 +110,9 @@ def load_pipeline(model: str = DEFAULT_MODEL, device: torch.device | str | None 
                   dtype: torch.dtype | None = None) -> StableDiffusionPipeline:
     """A ready :class:`StableDiffusionPipeline` on ``device`` (see the module docstring for ``model``).
 
-    ``model`` is ``"tiny"``, ``"toyworld"``, a hub id or a local folder.  The safety checker is not loaded
+    ``model`` is ``"tiny"``, ``"toyworld"``, a hub id or a local folder.  A hub id whose weights are not in the
+    local cache is downloaded only on a GPU or with ``$LMD_ALLOW_DOWNLOAD=1`` (else
+    :class:`~lmd_utils.downloads.DownloadNotAllowed`, an ``OSError``).  The safety checker is not loaded
     (LMD's evaluation detects objects in the raw images).  The pipeline's own progress bar is disabled; our
     :func:`~lmd_utils.sampling.denoise` shows its own.
     """
@@ -128,6 +131,7 @@ def load_pipeline(model: str = DEFAULT_MODEL, device: torch.device | str | None 
     else:
         if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "owner/name" hub id
             raise FileNotFoundError(f"no model folder at {model!r} (and it does not look like a hub id)")
+        check_download(model, device)  # several GB: not onto a CPU unless $LMD_ALLOW_DOWNLOAD=1 (lmd_utils.downloads)
         pipe = StableDiffusionPipeline.from_pretrained(model, **_dtype_kwarg(dtype), safety_checker=None,
                                                        requires_safety_checker=False)
     pipe = pipe.to(device)  # loaded in ``dtype`` already (diffusers keeps any fp32-only modules in fp32)
@@ -312,3 +316,55 @@ def scheduler_copy(pipe, scheduler=None, default=DDIMScheduler):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # config keys of another scheduler class are ignored on purpose
         return default.from_config(pipe.scheduler.config)
+
+
+def build_random_pipeline(model: str = "sd15", tiny: bool = False, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32, seed: int = 0,
+                          extra_words: Sequence[str] = ()) -> StableDiffusionPipeline:
+    """A random-weight SD 1.5 or SD 2.1-768 pipeline built from the published configs, nothing downloaded.
+
+    ``"sd15"``: SD 1.5's UNet (:data:`SD15_UNET_CONFIG`, 859.5 M parameters) and a CLIP ViT-L/14 text encoder
+    (12 layers, 768 wide, 123.1 M); ``"sd21"``: SD 2.1-768's UNet (96×96 latents, 1024-d cross-attention, 5/10/20/20
+    heads, linear projections, upcast attention; 865.9 M), an OpenCLIP ViT-H text encoder (23 layers, 1024 wide,
+    340.4 M) and v-prediction.  Both: SD's VAE (83.7 M), DDIM with SD's scheduler values, and the offline tokenizer
+    over :data:`TINY_VOCABULARY` plus ``extra_words`` (e.g. the words of the authors' negative prompts; the 49 408-row
+    embedding table is kept).  ``tiny=True`` keeps every structural choice at test widths (128×128 images).  Weights are initialised on
+    ``device`` (``"meta"``: no memory, for parameter counts), then cast to ``dtype``.  For GPU checks
+    (``benchmarks/gpu_check.py``): random weights tell speed, memory and finiteness, never image quality.
+    """
+    if model not in ("sd15", "sd21"):
+        raise ValueError(f"model must be 'sd15' or 'sd21', got {model!r}")
+    sd21 = model == "sd21"
+    tokenizer = build_clip_tokenizer(single_token_order([*TINY_VOCABULARY, *extra_words]))
+    unet = dict(SD15_UNET_CONFIG)
+    text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                projection_dim=768, hidden_act="quick_gelu")
+    vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+    if sd21:
+        unet.update(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                    use_linear_projection=True, upcast_attention=True)
+        text.update(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                    projection_dim=512, hidden_act="gelu")
+    if tiny:
+        unet.update(sample_size=16, block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, norm_num_groups=8,
+                    attention_head_dim=(1, 2, 2, 2) if sd21 else 2)
+        text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
+        vae.update(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        parts = dict(
+            unet=UNet2DConditionModel(**unet),
+            text_encoder=CLIPTextModel(CLIPTextConfig(
+                **text, vocab_size=49408, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)),
+            vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=unet["sample_size"] * 8,
+                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                              **vae))
+    cast = {torch.float32: "float", torch.float16: "half", torch.bfloat16: "bfloat16"}[dtype]
+    for part in parts.values():  # nn.Module's casts (diffusers' .to(dtype) warns of fp32-only modules; there are none)
+        getattr(part, cast)()
+    scheduler = DDIMScheduler(**{**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction" if sd21 else "epsilon"})
+    pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -3,11 +3,26 @@ notebooks' widgets wrap.
 
 Not part of the method: this module only keeps the notebooks thin.  Each notebook has ONE set-up cell::
 
-    env = setup(model_id=MODEL_ID, steps=STEPS, seed=SEED, uses_llm=True)
+    MODEL_ID = default_model_id()   # THE setting: "toyworld", "tiny", or any SD 1.x/2.x hub id or folder
+    STEPS = None                    # None: $LMD_STEPS, else the model's default (SD: the authors' 50)
+    env = setup(model_id=MODEL_ID, steps=STEPS, seed=SEED, toy_steps=25)
+    MODEL_ID, STEPS = env.model_id, env.steps
 
-which seeds everything, picks the device (``cuda`` → ``mps`` → ``cpu``, or ``$LMD_DEVICE``), and prints what
-the notebook will use (device, diffusion model, LLM or its offline stand-in).  Installing on Colab happens in
-the set-up cell itself, before this module can be imported (see ``notebooks/README.md``).
+which seeds everything, picks the device (``cuda`` → ``mps`` → ``cpu``, or ``$LMD_DEVICE``), checks that the
+model can be loaded here (a hub id is not downloaded onto a CPU unless ``$LMD_ALLOW_DOWNLOAD=1``, see
+:mod:`lmd_utils.downloads`; otherwise it says why and uses the toy world), and prints what the notebook will use:
+device, diffusion model, its settings (steps, CFG, where the settings come from, image size), LLM or its offline
+stand-in.  Installing on Colab happens in the set-up cell itself, before this module can be imported (see
+``notebooks/README.md``).
+
+Environment variables (CI sets them to run every notebook on a random-weight SD-shaped checkpoint):
+``$LMD_MODEL_ID`` (the default ``MODEL_ID``), ``$LMD_STEPS`` (the default ``STEPS``), ``$LMD_RANDOM_WEIGHTS=1``
+(the checkpoint has random weights: :meth:`NotebookEnv.can_check` skips the claims that need trained ones),
+``$LMD_ALLOW_DOWNLOAD=1`` (large downloads on a CPU), ``$LMD_DEVICE``.
+
+Three kinds of model (:func:`model_kind`): ``"toy"`` (the toy world: its own calibrated settings, toy prompts, the
+exact detector), ``"sd"`` (any real checkpoint: the authors' settings, photo prompts, the native resolution) and
+``"tiny"`` (SD 1.5's layout with random weights, built offline: the SD code path on small images).
 
 Pictures (:mod:`lmd_utils.viz`) are :class:`matplotlib.figure.Figure` objects built without pyplot's global
 state, so a cell that ends with one shows it once and tests can inspect it.  Widgets (:func:`layout_editor`) only
@@ -17,6 +32,7 @@ building a widget never blocks, so notebooks also run headless (CI).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -29,8 +45,9 @@ import numpy as np
 import torch
 
 from . import __version__
+from .downloads import weights_status
 from .layout import CANVAS_SIZE, Box, Layout
-from .models import ENV_DEVICE, default_dtype, pick_device
+from .models import DEFAULT_MODEL, ENV_DEVICE, TOYWORLD_MODEL_DIR, default_dtype, pick_device
 from .llm_client import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotConfigured, redact_url
 from .viz.common import figure_to_png
 from .viz.layout import draw_layouts
@@ -39,6 +56,22 @@ from .viz.layout import draw_layouts
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where reference data (the benchmark prompts, the authors' published replies) lies next to the repository.
 SHARED_BENCHMARK_DIR = REPO_ROOT.parent / "shared" / "benchmark"
+
+#: The default ``MODEL_ID`` when set (a hub id, a folder, ``toyworld`` or ``tiny``).
+ENV_MODEL_ID = "LMD_MODEL_ID"
+#: The default ``STEPS`` when set.
+ENV_STEPS = "LMD_STEPS"
+#: ``1``: the checkpoint has random weights (CI's SD-shaped checkpoint); claims that need trained weights are skipped.
+ENV_RANDOM_WEIGHTS = "LMD_RANDOM_WEIGHTS"
+#: The model a CUDA machine uses by default: Stable Diffusion 1.5, as in the paper.
+SD15_MODEL_ID = DEFAULT_MODEL
+#: The authors' number of DDIM steps (``LMDConfig().num_inference_steps``), the default on real checkpoints.
+SD_STEPS = 50
+#: ``tiny`` (random weights): few steps and small images, for a fast CPU run of the SD code path.
+TINY_STEPS = 5
+TINY_IMAGE_SIZE = (128, 128)
+#: Tolerance of :meth:`NotebookEnv.same` on an accelerator (float16, kernels not bit-reproducible); 0 on a CPU.
+ACCELERATOR_ATOL = 1e-2
 
 
 # =============================================================================================================
@@ -89,9 +122,183 @@ def llm_from_env(model: str | None = None, base_url: str | None = None) -> tuple
     return config, f"{config.model} at {where} (replies cached; key from ${ENV_API_KEY} if set, never shown)"
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def default_model_id(cuda: bool | None = None) -> str:
+    """The notebooks' default ``MODEL_ID``: ``$LMD_MODEL_ID`` if set, else Stable Diffusion 1.5 when the device is
+    CUDA (``cuda``: whether it is; default: :func:`~lmd_utils.models.pick_device` says so), else ``"toyworld"``."""
+    chosen = os.environ.get(ENV_MODEL_ID, "").strip()
+    if chosen:
+        return chosen
+    if cuda is None:
+        try:
+            cuda = pick_device().type == "cuda"
+        except (RuntimeError, ValueError):  # a bad $LMD_DEVICE: setup() reports it
+            cuda = torch.cuda.is_available()
+    return SD15_MODEL_ID if cuda else "toyworld"
+
+
+def _is_toy_folder(path: Path) -> bool:
+    """A toy-world model folder: the one shipped, or one the toy-world training exported (it writes toyworld.json)."""
+    try:
+        return path.resolve() == TOYWORLD_MODEL_DIR.resolve() or (path / "toyworld.json").is_file()
+    except OSError:
+        return False
+
+
+def model_kind(model_id: str | None) -> str | None:
+    """``"toy"`` (``"toyworld"`` or a toy-world folder), ``"tiny"`` (random weights built offline), ``"sd"`` (any
+    other hub id or folder: a real Stable Diffusion checkpoint), or ``None`` (no diffusion model)."""
+    if model_id is None:
+        return None
+    if model_id == "toyworld":
+        return "toy"
+    if model_id == "tiny":
+        return "tiny"
+    folder = Path(model_id).expanduser()
+    return "toy" if folder.is_dir() and _is_toy_folder(folder) else "sd"
+
+
+def random_weights_from_env() -> bool:
+    """Whether ``$LMD_RANDOM_WEIGHTS`` says the checkpoint has random weights (CI's SD-shaped checkpoint)."""
+    return _truthy(os.environ.get(ENV_RANDOM_WEIGHTS))
+
+
+def weights_trained(model_id: str | None) -> bool:
+    """Whether claims that need trained weights can be checked: the toy world, or a real checkpoint unless
+    ``$LMD_RANDOM_WEIGHTS=1`` says it has random weights; never ``tiny``."""
+    kind = model_kind(model_id)
+    return kind == "toy" or (kind == "sd" and not random_weights_from_env())
+
+
+def _model_folder(model_id: str) -> Path | None:
+    if model_id == "toyworld":
+        return TOYWORLD_MODEL_DIR
+    folder = Path(model_id).expanduser()
+    return folder if folder.is_dir() else None
+
+
+def _shipped_settings(model_id: str) -> dict:
+    """The ``lmd_config.json`` of a model folder (the toy world ships one), else ``{}``."""
+    folder = _model_folder(model_id)
+    path = folder / "lmd_config.json" if folder else None
+    return json.loads(path.read_text()) if path and path.is_file() else {}
+
+
+def default_steps(model_id: str | None, toy: int | None = None) -> int | None:
+    """The notebooks' default ``STEPS``: ``$LMD_STEPS`` if set; else the model's: ``toy`` (a notebook's calibrated
+    count, else the toy model's shipped ``lmd_config.json``), the authors' 50 on Stable Diffusion, 5 on ``tiny``;
+    ``None`` when there is no model."""
+    if model_id is None:
+        return None
+    chosen = os.environ.get(ENV_STEPS, "").strip()
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise ValueError(f"${ENV_STEPS} must be a whole number >= 1, got {chosen!r}")
+        return int(chosen)
+    kind = model_kind(model_id)
+    if kind == "toy":
+        return toy or int(_shipped_settings(model_id).get("num_inference_steps", SD_STEPS))
+    return TINY_STEPS if kind == "tiny" else SD_STEPS
+
+
+def checkpoint_resolution(model_id: str | None) -> tuple[int, int] | None:
+    """``(height, width)`` a checkpoint was trained for, read from its config files without loading weights
+    (a folder, or a hub id whose configs are in the local cache); :data:`TINY_IMAGE_SIZE` for ``tiny`` (what the
+    notebooks use); ``None`` when unknown."""
+    if model_id is None:
+        return None
+    if model_id == "tiny":
+        return TINY_IMAGE_SIZE
+
+    def read(name: str) -> dict | None:
+        folder = _model_folder(model_id)
+        if folder is not None:
+            path = folder / name
+            return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_id, name)
+        except Exception:
+            return None
+        return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+    unet = read("unet/config.json")
+    if not unet or "sample_size" not in unet:
+        return None
+    vae = read("vae/config.json")
+    scale = 2 ** (len(vae["block_out_channels"]) - 1) if vae and "block_out_channels" in vae else 1
+    size = unet["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h) * scale, int(w) * scale
+
+
+def model_usable(model_id: str | None, device: torch.device | str | None = None) -> tuple[bool, str]:
+    """``(True, where)`` when ``model_id`` can be loaded here without an unwanted download, else ``(False, why)``."""
+    if model_id is None or model_id == "tiny":
+        return True, "built offline" if model_id else "no model"
+    if model_id == "toyworld":
+        if (TOYWORLD_MODEL_DIR / "model_index.json").exists():
+            return True, str(TOYWORLD_MODEL_DIR)
+        return False, f"the toy-world model is not at {TOYWORLD_MODEL_DIR} (train it with lmd_utils/toyworld)"
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        if (folder / "model_index.json").is_file():
+            return True, f"{folder} (a local folder)"
+        return False, f"{folder} has no model_index.json (not a diffusers pipeline folder)"
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        return False, f"no model folder at {model_id!r}"
+    return weights_status(model_id, device)
+
+
+def settings_note(model_id: str | None, steps: int | None, trained: bool = True) -> str:
+    """One line: steps (and where they come from), CFG, whose settings, image size."""
+    if model_id is None:
+        return "none"
+    kind = model_kind(model_id)
+    shipped = _shipped_settings(model_id)
+    cfg = float(shipped.get("guidance_scale", 7.5))
+    from_env = bool(os.environ.get(ENV_STEPS, "").strip())
+    if kind == "toy":
+        whose = "the toy world's own settings, calibrated on it (lmd_config.json and this notebook)"
+        step_note = f" (${ENV_STEPS})" if from_env else ""
+    else:
+        whose = "the authors' settings (LMDConfig.for_pipe)" + ("" if trained else " on random weights")
+        step_note = f" (${ENV_STEPS})" if from_env else (" (the authors')" if steps == SD_STEPS else "")
+    size = checkpoint_resolution(model_id)
+    if kind == "tiny":
+        where = f"{size[0]}×{size[1]} (small, for a fast CPU run)"
+    elif size:
+        where = f"{size[0]}×{size[1]} (the checkpoint's native size)"
+    else:
+        where = "the checkpoint's native size (SD 1.5: 512×512; read when it loads)"
+    return f"steps {steps}{step_note}, CFG {cfg:g}, {whose}, {where}"
+
+
+def _model_note(model_id: str | None, kind: str | None, trained: bool) -> str:
+    if model_id is None:
+        return "none (this notebook runs no diffusion model)"
+    what = {"toy": "the toy world: 32×32 coloured shapes, trained in this repository",
+            "tiny": "SD 1.5's layout with random weights, built offline",
+            "sd": "a Stable Diffusion checkpoint, " + ("a local folder" if _model_folder(model_id) else
+                                                      "from the Hugging Face hub")}[kind]
+    if not trained:
+        why = f"${ENV_RANDOM_WEIGHTS}=1" if kind != "tiny" else "MODEL_ID = 'tiny'"
+        what += (f"; RANDOM WEIGHTS ({why}): every cell runs, the pictures are noise, and the claims that need "
+                 "trained weights are skipped")
+    return f"{model_id} ({what})"
+
+
 @dataclass(frozen=True)
 class NotebookEnv:
-    """What :func:`setup` chose; notebooks pass ``env.device``, ``env.dtype``, ``env.llm`` on to ``lmd_utils``."""
+    """What :func:`setup` chose; notebooks pass ``env.device``, ``env.dtype``, ``env.llm`` on to ``lmd_utils``.
+
+    ``kind``: :func:`model_kind` of ``model_id``; ``trained``: :func:`weights_trained`; ``settings``: the line
+    :func:`settings_note` wrote; ``note``: why setup did not use the asked-for model, if it did not.
+    """
 
     device: torch.device
     dtype: torch.dtype
@@ -102,6 +309,10 @@ class NotebookEnv:
     llm_note: str
     colab: bool
     uses_llm: bool = False
+    kind: str | None = None
+    trained: bool = True
+    settings: str = ""
+    note: str = ""
 
     def describe(self) -> str:
         """The lines :func:`setup` prints."""
@@ -112,15 +323,46 @@ class NotebookEnv:
         else:
             why = f"set by ${ENV_DEVICE}" if os.environ.get(ENV_DEVICE) else "no CUDA or Apple MPS found"
             device_note = f"{why}, {threads} CPU thread{'s' if threads > 1 else ''}"
-        lines = [
-            f"lmd_utils {__version__} | torch {torch.__version__} | {where}",
+        lines = [f"lmd_utils {__version__} | torch {torch.__version__} | {where}"]
+        if self.note:
+            lines.append(self.note)
+        lines += [
             f"device:          {self.device} ({device_note}), dtype {str(self.dtype).removeprefix('torch.')}",
-            f"diffusion model: {self.model_id or 'none (this notebook runs no diffusion model)'}",
-            f"steps, seed:     {self.steps if self.steps is not None else '-'}, {self.seed}",
+            f"diffusion model: {_model_note(self.model_id, self.kind, self.trained)}",
         ]
+        if self.model_id is not None:
+            lines.append(f"settings:        {self.settings}")
+        lines.append(f"steps, seed:     {self.steps if self.steps is not None else '-'}, {self.seed}")
         if self.uses_llm:
             lines.append(f"LLM:             {self.llm_note}")
         return "\n".join(lines)
+
+    def can_check(self, claim: str) -> bool:
+        """Whether a claim that needs trained weights can be checked here; if not, prints why it is skipped.
+
+        Use as ``if env.can_check("guidance moves the attention into the box"): assert ...``.
+        """
+        if self.trained:
+            return True
+        why = f"${ENV_RANDOM_WEIGHTS}=1" if self.kind != "tiny" else "MODEL_ID = 'tiny'"
+        print(f"skipped: needs trained weights ({why.lstrip('$')}): {claim}")
+        return False
+
+    @property
+    def tolerance(self) -> float:
+        """0 on a CPU in float32 (results repeat bit for bit), :data:`ACCELERATOR_ATOL` elsewhere."""
+        return 0.0 if self.device.type == "cpu" and self.dtype == torch.float32 else ACCELERATOR_ATOL
+
+    def same(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """``a`` equals ``b``: bit for bit on a CPU; within :attr:`tolerance` on an accelerator, where float16 and
+        kernels that do not promise bit-reproducible results (e.g. in the backward passes of guidance) may differ
+        in the last bits.  Integer and boolean tensors must always be equal."""
+        a, b = a.detach().cpu(), b.detach().cpu()
+        if a.shape != b.shape:
+            return False
+        if not self.tolerance or not (a.is_floating_point() and b.is_floating_point()):
+            return torch.equal(a, b)
+        return torch.allclose(a.float(), b.float(), atol=self.tolerance, rtol=0.0)
 
 
 def setup(
@@ -132,22 +374,40 @@ def setup(
     base_url: str | None = None,
     uses_llm: bool = False,
     quiet: bool = False,
+    toy_steps: int | None = None,
 ) -> NotebookEnv:
-    """The one set-up call of every notebook: seed, pick the device, find the LLM, and say what is used
-    (figures are shown inline, see :func:`enable_inline_figures`).
+    """The one set-up call of every notebook: seed, pick the device, check the model, find the LLM, and say what
+    is used (figures are shown inline, see :func:`enable_inline_figures`).
 
-    ``model_id``/``steps``: the diffusion model and sampler steps the notebook will use (``None`` when it runs
-    none).  ``device``: forces one (else :func:`pick_device`).  ``llm_model``/``base_url``: the LLM, else
-    ``$LMD_LLM_MODEL``/``$OPENAI_BASE_URL`` (see :func:`llm_from_env`); only looked up when ``uses_llm``.
+    ``model_id``: the diffusion model (``None`` when the notebook runs none); when it cannot be loaded here (see
+    :func:`model_usable`: e.g. a hub id not in the local cache, on a CPU without ``$LMD_ALLOW_DOWNLOAD=1``), setup
+    says why and uses the toy world (``env.note``).  ``steps``: sampler steps, ``None``: :func:`default_steps`
+    (``toy_steps`` is the notebook's count for the toy world).  ``device``: forces one (else :func:`pick_device`).
+    ``llm_model``/``base_url``: the LLM, else ``$LMD_LLM_MODEL``/``$OPENAI_BASE_URL`` (see :func:`llm_from_env`);
+    only looked up when ``uses_llm``.
     """
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     seed_everything(seed)
     enable_inline_figures()
     dev = pick_device(device)
-    llm, note = llm_from_env(llm_model, base_url) if uses_llm else (None, "not used")
+    if dev.type == "cuda":  # repeatable convolutions (same seed, same picture); see NotebookEnv.same for the rest
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    note = ""
+    usable, why = model_usable(model_id, dev)
+    if not usable:
+        fallback = "toyworld" if model_id != "toyworld" else "tiny"
+        note = (f"MODEL_ID = {model_id!r} cannot be used here: {why}.\n→ using {fallback!r} instead "
+                f"(set MODEL_ID or ${ENV_MODEL_ID} to choose another model)")
+        model_id, steps = fallback, None
+    if steps is None:
+        steps = default_steps(model_id, toy=toy_steps)
+    kind, trained = model_kind(model_id), weights_trained(model_id)
+    llm, llm_note = llm_from_env(llm_model, base_url) if uses_llm else (None, "not used")
     env = NotebookEnv(device=dev, dtype=default_dtype(dev), seed=seed, model_id=model_id, steps=steps, llm=llm,
-                      llm_note=note, colab=in_colab(), uses_llm=uses_llm)
+                      llm_note=llm_note, colab=in_colab(), uses_llm=uses_llm, kind=kind, trained=trained,
+                      settings=settings_note(model_id, steps, trained), note=note)
     if not quiet:
         print(env.describe())
     return env
@@ -273,7 +533,9 @@ def layout_editor(layout: Layout, index: int = 0) -> LayoutEditor:
 
 
 __all__ = [
-    "REPO_ROOT", "in_colab", "enable_inline_figures",
+    "REPO_ROOT", "in_colab", "enable_inline_figures", "ENV_MODEL_ID", "ENV_STEPS", "ENV_RANDOM_WEIGHTS",
+    "SD15_MODEL_ID", "default_model_id", "model_kind", "random_weights_from_env", "weights_trained", "default_steps",
+    "checkpoint_resolution", "model_usable", "settings_note",
     "seed_everything", "llm_from_env", "NotebookEnv", "setup", "find_reference_file",
     "edit_box", "LayoutEditor", "layout_editor",
 ]

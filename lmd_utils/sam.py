@@ -18,6 +18,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from .downloads import check_download
+
 #: The SAM checkpoint the authors load (``models/sam.py``: ``SamModel.from_pretrained("facebook/sam-vit-base")``).
 DEFAULT_SAM_MODEL_ID = "facebook/sam-vit-base"
 
@@ -88,9 +90,14 @@ class TransformersSam:
     def from_pretrained(
         cls, model_id: str = DEFAULT_SAM_MODEL_ID, device: torch.device | str | None = None, **model_kwargs: Any
     ) -> "TransformersSam":
-        """Load ``SamModel`` and ``SamProcessor`` from the hub or a local folder (``model_id``)."""
+        """Load ``SamModel`` and ``SamProcessor`` from the hub or a local folder (``model_id``).
+
+        From the hub only where a download is allowed (:func:`~lmd_utils.downloads.check_download`: in the local
+        cache, on a GPU, or ``$LMD_ALLOW_DOWNLOAD=1``); else :class:`~lmd_utils.downloads.DownloadNotAllowed`.
+        """
         from transformers import SamModel, SamProcessor
 
+        check_download(model_id, device, kind="sam")
         model = SamModel.from_pretrained(model_id, **model_kwargs)
         processor = SamProcessor.from_pretrained(model_id)
         return cls(model, processor, device=device)

@@ -23,11 +23,19 @@ from lmd_utils.llm_layouts import (
     scoring_objects,
 )
 from lmd_utils.notebook import (
+    NotebookEnv,
+    checkpoint_resolution,
+    default_model_id,
+    default_steps,
     edit_box,
     find_reference_file,
     layout_editor,
+    model_kind,
+    model_usable,
     seed_everything,
+    settings_note,
     setup,
+    weights_trained,
 )
 
 pytestmark = pytest.mark.usefixtures("no_llm_env")
@@ -54,13 +62,13 @@ def test_seed_everything_makes_all_generators_repeat():
 
 
 def test_setup_says_what_it_uses_without_an_llm(capsys, no_accelerator):
-    env = setup(model_id="tiny-sd", steps=4, seed=7, uses_llm=True)
+    env = setup(model_id="tiny", steps=4, seed=7, uses_llm=True)
     out = capsys.readouterr().out
     assert (env.device, env.dtype, env.seed, env.model_id, env.steps, env.llm) == (
-        torch.device("cpu"), torch.float32, 7, "tiny-sd", 4, None)
+        torch.device("cpu"), torch.float32, 7, "tiny", 4, None)
     assert not env.colab
     assert "device:          cpu (no CUDA or Apple MPS found" in out
-    assert "diffusion model: tiny-sd" in out and "steps, seed:     4, 7" in out
+    assert "diffusion model: tiny (SD 1.5's layout with random weights" in out and "steps, seed:     4, 7" in out
     assert "LLM:             none configured" in out and "offline planner" in out
     after_setup = float(torch.rand(()))
     torch.manual_seed(7)
@@ -81,6 +89,159 @@ def test_setup_without_llm_use_prints_no_llm_line_and_checks_steps(capsys, no_ac
     assert "LLM:" not in capsys.readouterr().out and env.llm is None
     with pytest.raises(ValueError, match="steps"):
         setup(steps=0, quiet=True)
+
+
+# -- the model: one variable, its kind, its settings ------------------------------------------------------------
+MODEL_ENV = ("LMD_MODEL_ID", "LMD_STEPS", "LMD_RANDOM_WEIGHTS", "LMD_ALLOW_DOWNLOAD")
+
+
+@pytest.fixture
+def model_env(monkeypatch):
+    """None of the notebooks' model variables set, the hub switched off; returns the monkeypatch to set them."""
+    for name in MODEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return monkeypatch
+
+
+def sd_folder(root, sample_size: int = 16):
+    """A folder that looks like a diffusers SD checkpoint (configs only: set-up reads no weights)."""
+    import json
+
+    for sub, config in (("unet", {"sample_size": sample_size}), ("vae", {"block_out_channels": [8, 8, 16, 16]})):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "config.json").write_text(json.dumps(config))
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root
+
+
+def test_default_model_id_is_the_variable_else_sd15_on_cuda_else_the_toy_world(model_env, no_accelerator):
+    assert default_model_id() == "toyworld"  # no CUDA here
+    assert default_model_id(cuda=False) == "toyworld"
+    assert default_model_id(cuda=True) == notebook.SD15_MODEL_ID == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    model_env.setenv("LMD_MODEL_ID", "/some/checkpoint")
+    assert default_model_id() == default_model_id(cuda=True) == "/some/checkpoint"
+
+
+def test_model_kind_tells_the_toy_world_tiny_and_real_checkpoints_apart(tmp_path):
+    assert model_kind(None) is None
+    assert model_kind("toyworld") == model_kind(str(notebook.TOYWORLD_MODEL_DIR)) == "toy"
+    assert model_kind("tiny") == "tiny"
+    assert model_kind("stable-diffusion-v1-5/stable-diffusion-v1-5") == "sd"
+    assert model_kind(str(sd_folder(tmp_path / "sd"))) == "sd"
+    (tmp_path / "my-toy").mkdir()
+    (tmp_path / "my-toy" / "toyworld.json").write_text("{}")  # what the toy-world training exports
+    assert model_kind(str(tmp_path / "my-toy")) == "toy"
+
+
+def test_weights_are_trained_unless_tiny_or_marked_random(model_env, tmp_path):
+    folder = str(sd_folder(tmp_path / "sd"))
+    assert weights_trained("toyworld") and weights_trained(folder) and weights_trained("owner/name")
+    assert not weights_trained("tiny") and not weights_trained(None)
+    model_env.setenv("LMD_RANDOM_WEIGHTS", "1")
+    assert not weights_trained(folder) and not weights_trained("owner/name")
+    assert weights_trained("toyworld")  # the flag marks a real checkpoint's weights, never the toy world's
+
+
+def test_default_steps_per_model_and_from_the_variable(model_env, tmp_path):
+    folder = str(sd_folder(tmp_path / "sd"))
+    assert default_steps(None) is None
+    assert default_steps("toyworld", toy=25) == 25  # the notebook's calibrated count
+    assert default_steps("toyworld") == 15  # else the toy model's shipped lmd_config.json
+    assert default_steps(folder) == default_steps("owner/name") == 50  # the authors'
+    assert default_steps("tiny") == 5
+    model_env.setenv("LMD_STEPS", "4")
+    assert default_steps("toyworld", toy=25) == default_steps(folder) == default_steps("tiny") == 4
+    assert default_steps(None) is None
+    model_env.setenv("LMD_STEPS", "many")
+    with pytest.raises(ValueError, match="LMD_STEPS"):
+        default_steps(folder)
+
+
+def test_checkpoint_resolution_is_read_from_the_configs(tmp_path):
+    assert checkpoint_resolution("toyworld") == (32, 32)  # pixel space: no VAE
+    assert checkpoint_resolution("tiny") == notebook.TINY_IMAGE_SIZE == (128, 128)
+    assert checkpoint_resolution(str(sd_folder(tmp_path / "sd", sample_size=64))) == (512, 512)
+    assert checkpoint_resolution("nobody/not-in-the-cache") is None and checkpoint_resolution(None) is None
+
+
+def test_model_usable_checks_folders_and_downloads(model_env, tmp_path):
+    assert model_usable("toyworld")[0] and model_usable("tiny")[0] and model_usable(None)[0]
+    assert model_usable(str(sd_folder(tmp_path / "sd")))[0]
+    (tmp_path / "empty").mkdir()
+    assert model_usable(str(tmp_path / "empty")) == (False, f"{tmp_path / 'empty'} has no model_index.json "
+                                                     "(not a diffusers pipeline folder)")
+    assert not model_usable(str(tmp_path / "missing"))[0]
+    ok, why = model_usable("owner/name", "cpu")
+    assert not ok and "HF_HUB_OFFLINE=1" in why
+    model_env.delenv("HF_HUB_OFFLINE")
+    ok, why = model_usable("owner/name", "cpu")
+    assert not ok and "LMD_ALLOW_DOWNLOAD=1" in why and "CPU" in why
+    assert model_usable("owner/name", "cuda")[0]  # a GPU downloads (nothing is contacted by the check)
+    model_env.setenv("LMD_ALLOW_DOWNLOAD", "1")
+    assert model_usable("owner/name", "cpu")[0]
+
+
+def test_setup_takes_a_real_checkpoint_folder_with_the_authors_settings(capsys, model_env, no_accelerator, tmp_path):
+    folder = sd_folder(tmp_path / "sd")
+    env = setup(model_id=str(folder), toy_steps=25)
+    out = capsys.readouterr().out
+    assert (env.model_id, env.kind, env.trained, env.steps, env.note) == (str(folder), "sd", True, 50, "")
+    assert f"diffusion model: {folder} (a Stable Diffusion checkpoint, a local folder)" in out
+    assert ("settings:        steps 50 (the authors'), CFG 7.5, the authors' settings (LMDConfig.for_pipe), "
+            "128×128 (the checkpoint's native size)") in out
+    model_env.setenv("LMD_STEPS", "4")
+    model_env.setenv("LMD_RANDOM_WEIGHTS", "1")
+    env = setup(model_id=str(folder), steps=None)
+    out = capsys.readouterr().out
+    assert (env.steps, env.trained) == (4, False)
+    assert "RANDOM WEIGHTS ($LMD_RANDOM_WEIGHTS=1)" in out
+    assert "steps 4 ($LMD_STEPS), CFG 7.5, the authors' settings (LMDConfig.for_pipe) on random weights" in out
+    assert setup(model_id=str(folder), steps=9, quiet=True).steps == 9  # an explicit STEPS wins
+
+
+def test_setup_on_the_toy_world_prints_its_own_settings(capsys, model_env, no_accelerator):
+    env = setup(model_id="toyworld", toy_steps=25)
+    out = capsys.readouterr().out
+    assert (env.kind, env.trained, env.steps) == ("toy", True, 25)
+    assert "settings:        steps 25, CFG 4, the toy world's own settings" in out and "32×32" in out
+    assert settings_note(None, None) == "none"
+
+
+def test_setup_falls_back_to_the_toy_world_and_says_why(capsys, model_env, no_accelerator):
+    model_env.delenv("HF_HUB_OFFLINE")
+    env = setup(model_id="owner/a-checkpoint-not-in-the-cache", toy_steps=25)
+    out = capsys.readouterr().out
+    assert (env.model_id, env.kind, env.steps) == ("toyworld", "toy", 25)
+    assert "MODEL_ID = 'owner/a-checkpoint-not-in-the-cache' cannot be used here" in out
+    assert "LMD_ALLOW_DOWNLOAD=1" in out and "using 'toyworld' instead" in out and env.note in out
+    env = setup(model_id="/no/such/folder", quiet=True)
+    assert env.model_id == "toyworld" and "no model folder" in env.note
+
+
+def test_can_check_skips_claims_that_need_trained_weights_and_says_why(capsys, model_env, tmp_path):
+    folder = str(sd_folder(tmp_path / "sd"))
+    assert setup(model_id=folder, quiet=True).can_check("a claim") and capsys.readouterr().out == ""
+    model_env.setenv("LMD_RANDOM_WEIGHTS", "1")
+    assert not setup(model_id=folder, quiet=True).can_check("guidance moves the object")
+    out = capsys.readouterr().out
+    assert out == "skipped: needs trained weights (LMD_RANDOM_WEIGHTS=1): guidance moves the object\n"
+    assert not setup(model_id="tiny", quiet=True).can_check("x")
+    assert "needs trained weights (MODEL_ID = 'tiny')" in capsys.readouterr().out
+
+
+def test_same_is_exact_on_a_cpu_and_tolerant_on_an_accelerator():
+    def env_on(device, dtype):
+        return NotebookEnv(device=torch.device(device), dtype=dtype, seed=0, model_id=None, steps=None, llm=None,
+                           llm_note="", colab=False)
+
+    a = torch.linspace(0, 1, 10)
+    cpu, gpu = env_on("cpu", torch.float32), env_on("cuda", torch.float16)
+    assert cpu.tolerance == 0 and gpu.tolerance == notebook.ACCELERATOR_ATOL
+    assert cpu.same(a, a.clone()) and not cpu.same(a, a + 1e-6) and not cpu.same(a, a[:5])
+    assert gpu.same(a, a + 1e-3) and not gpu.same(a, a + 0.1)
+    mask = torch.tensor([True, False])
+    assert gpu.same(mask, mask.clone()) and not gpu.same(mask, ~mask)  # masks are compared exactly everywhere
 
 
 def test_colab_and_kernel_detection(monkeypatch):
