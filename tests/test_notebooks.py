@@ -200,6 +200,7 @@ def with_solutions(path: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow  # ≈ 5 min for the series: `make test-slow` (CI runs it when the default run left time)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_exercise_solutions_run(path, tmp_path):
     """Solutions stay true: their code runs (asserts included) where the exercise stands, and later cells still
