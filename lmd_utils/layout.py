@@ -41,6 +41,11 @@ class LayoutWarning(UserWarning):
     """A layout was repaired (a box clipped or dropped); the message says which and why."""
 
 
+class LayoutError(ValueError):
+    """A layout that stage 2 cannot run (a box outside the canvas, a caption without a word, too many boxes,
+    a prompt longer than the text encoder reads, ...); the message says which and why."""
+
+
 @dataclass(frozen=True)
 class Box:
     """One object instance: a caption and a normalised box ``(x0, y0, x1, y1)``, top-left origin."""
