@@ -11,8 +11,11 @@ Commands::
 
 Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser and sets
 ``handler=<function(args) -> int>``, then append it to :data:`COMMANDS` (or to :data:`BENCHMARK_COMMANDS` for
-``benchmark <name>``).  Errors a user can fix (nothing configured, a bad file, an unreadable reply) print one
-``error: ...`` line on stderr and return 1.
+``benchmark <name>``).  Every mistake a user can fix ends in ONE ``error: ...`` line on stderr, no traceback:
+status 2 for a usage error (a bad argument, an output path that cannot be written, a device this machine lacks),
+found before any model loads or any LLM is asked; status 1 for a failure while working (an LLM endpoint that fails,
+a reply or layout that cannot be used, a model folder that cannot be loaded).  The library raises typed exceptions
+(:data:`USER_ERRORS`); :func:`main` turns them into that line.
 
 The commands that run a model import the model stack (``models``, ``pipeline``, ``viz``: diffusers, transformers,
 matplotlib) inside their handlers, so that ``layout`` and ``benchmark prompts`` start without loading it; that is the
@@ -24,11 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .downloads import DownloadNotAllowed
-from .layout import Layout
+from .downloads import DownloadNotAllowed, local_model_folder
+from .layout import Layout, LayoutError
 from .llm_client import CacheCorruptError, LLMNotConfigured, LLMRequestError, resolve_source
 from .llm_layouts import LayoutParseError, MissingReplyError
 
@@ -37,10 +41,124 @@ DEMO_PROMPT = "A realistic photo of a scene with a gray cat on the left and two 
 #: The demo prompt for the shipped toy-world model (its caption grammar).
 TOY_DEMO_PROMPT = "a red circle on the left and a blue square on the right"
 #: Errors that come from the user's input or set-up, reported as one line instead of a traceback.
+#: (``OSError`` covers unreadable or unwritable files, a model folder diffusers cannot load and a download that
+#: is not allowed; ``RuntimeError`` is not in the list: there it would hide our own bugs.)
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    LLMNotConfigured, LLMRequestError, LayoutParseError, MissingReplyError, CacheCorruptError, FileNotFoundError,
-    ValueError, DownloadNotAllowed,
+    LLMNotConfigured, LLMRequestError, LayoutParseError, LayoutError, MissingReplyError, CacheCorruptError,
+    ValueError, OSError, DownloadNotAllowed,
 )
+#: Longest ``error:`` line (a 100 KB prompt quoted in a message must not flood the terminal).
+MAX_ERROR_CHARS = 500
+#: What ``--out`` may end with: images (PIL and matplotlib write these) and, for figures, vector formats.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+FIGURE_SUFFIXES = IMAGE_SUFFIXES + (".pdf", ".svg")
+#: Most denoising steps (the schedulers' 1000 training timesteps).
+MAX_STEPS = 1000
+
+
+class UsageError(ValueError):
+    """A bad argument, found before any work (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error line: ``error: <message> (see <command> --help)``, status 2, no usage block."""
+
+    def error(self, message: str):
+        print(one_line(f"error: {message} (see {self.prog} --help)"), file=sys.stderr)
+        raise SystemExit(2)
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``message`` on one line, at most ``limit`` characters (cut in the middle with "…")."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 40] + " … " + text[-37:]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checking arguments before any work
+# ------------------------------------------------------------------------------------------------------------
+def seed_arg(text: str) -> int:
+    """argparse type: an integer seed in 0 .. 2**64-1 (what a torch generator takes, ``models.MAX_SEED``)."""
+    return _int_in(text, 0, 2 ** 64 - 1, "a seed")
+
+
+def _int_in(text: str, lo: int, hi: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text[:40]!r}") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{what} must be from {lo} to {hi}, not {text[:40]}")
+    return value
+
+
+def steps_arg(text: str) -> int:
+    """argparse type: denoising steps, 1 .. :data:`MAX_STEPS`."""
+    return _int_in(text, 1, MAX_STEPS, "the number of steps")
+
+
+def positive_arg(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_in(text, 1, 10 ** 6, "the number")
+
+
+def seconds_arg(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds must be a number, not {text[:40]!r}") from None
+    if not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0 and at most a day, not {text[:40]}")
+    return value
+
+
+def check_output_path(path: Path | None, option: str, suffixes: Sequence[str] | None = None) -> None:
+    """:class:`UsageError` unless ``path`` can be written: a file name (not a folder) with one of ``suffixes``,
+    under a folder that exists or can be made, where we may create files.  Runs before any model loads, so a
+    typo costs seconds, not a finished generation."""
+    if path is None:
+        return
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {str(path)[:80]!r} must end with one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)[:80]!r} is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {str(path)[:80]!r} exists and cannot be overwritten")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {str(path)[:80]!r}: {str(folder)[:80]!r} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{option} {str(path)[:80]!r}: cannot write in {str(folder)[:80]!r} ({e.strerror})") from None
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    """:class:`UsageError` for a text argument that is not valid UTF-8 (a terminal in another encoding: Python
+    hands such bytes over as lone surrogates, which the tokenizers cannot read)."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                option = "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}"
+                raise UsageError(f"{option} is not valid UTF-8 text (check the terminal's encoding)") from None
+
+
+def check_device_arg(device: str | None) -> None:
+    """:class:`UsageError` for a ``--device`` this machine does not have (before a model loads)."""
+    if device is None:
+        return
+    from .models import DeviceNotAvailable, pick_device
+
+    try:
+        pick_device(device)
+    except (ValueError, DeviceNotAvailable) as e:
+        raise UsageError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -57,14 +175,30 @@ def add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None,
                         help="reply cache file (default: $LMD_LLM_CACHE or ~/.cache/lmd_utils/llm_replies.json)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
+    add_llm_timeout_option(parser)
+
+
+def add_llm_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llm-timeout", type=seconds_arg, default=None, metavar="SECONDS",
+                        help="most seconds one try of an LLM request may take in all, however slowly the server sends "
+                             "(default: 60; failed tries are retried twice)")
 
 
 def source_from_args(args: argparse.Namespace):
     """The layout source the options name; says which on stderr."""
     cache = False if args.no_cache else args.cache
-    source, note = resolve_source(args.source, model=args.model, base_url=args.base_url, cache=cache)
+    source, note = resolve_source(args.source, model=args.model, base_url=args.base_url, cache=cache,
+                                  timeout_s=args.llm_timeout)
     print(note, file=sys.stderr)
     return source
+
+
+def check_source_args(args: argparse.Namespace) -> None:
+    """The reply cache must be writable before an LLM is asked (else the paid-for reply would be lost)."""
+    if not args.no_cache and args.cache is not None:
+        if args.cache.is_dir():
+            raise UsageError(f"--cache {str(args.cache)[:80]!r} is a folder; give a file name")
+        check_output_path(args.cache, "--cache")
 
 
 def _title(layout: Layout) -> str:
@@ -86,6 +220,8 @@ def add_layout_command(subparsers) -> None:
 
 
 def run_layout_command(args: argparse.Namespace) -> int:
+    check_output_path(args.out, "--out", FIGURE_SUFFIXES)
+    check_source_args(args)
     layout = source_from_args(args).get_layout(args.prompt)
     print(layout.to_json())
     if args.out is not None:
@@ -122,8 +258,11 @@ def add_benchmark_stage1_command(subparsers) -> None:
 def run_benchmark_stage1_command(args: argparse.Namespace) -> int:
     from .benchmark import evaluate_stage1
 
+    check_source_args(args)
     prompts = None
     if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UsageError(f"--prompts {str(args.prompts)[:80]!r} is not a file")
         prompts = [line for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
     result = evaluate_stage1(source_from_args(args), prompts=prompts, progress=not args.no_progress)
     if args.show_failures:
@@ -155,13 +294,14 @@ def add_generate_command(subparsers) -> None:
                         "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG (default: %(default)s)")
     p.add_argument("--method", choices=("lmd", "sd", "both"), default="lmd",
-                   help="LMD, plain SD from the same seed, or both side by side with the layout")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's LMD config)")
+                   help="LMD, plain sampling from the same seed, or both side by side with the layout")
+    p.add_argument("--seed", type=seed_arg, default=0, help="0 .. 2**64-1 (default: 0)")
+    p.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the model's LMD config)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--sam", default=None,
                    help="refine masks with SAM: a transformers id/folder (e.g. facebook/sam-vit-base) or a "
-                        "segment-anything checkpoint .pth (default: thresholded attention, no SAM)")
+                        "segment-anything checkpoint .pth, read with torch.load(weights_only=True): tensors only, "
+                        "no pickled code (default: thresholded attention, no SAM)")
     p.add_argument("--layout-out", type=Path, default=None, help="also save the layout as JSON")
     p.add_argument("--llm-model", dest="model", default=None, help="LLM model name for the layout (default: $LMD_LLM_MODEL)")
     add_source_options_without_model(p)
@@ -176,6 +316,7 @@ def add_source_options_without_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
     parser.add_argument("--cache", type=Path, default=None, help="LLM reply cache file")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
+    add_llm_timeout_option(parser)
 
 
 def load_sam_backend(spec: str | None):
@@ -190,24 +331,40 @@ def load_sam_backend(spec: str | None):
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
-    from .models import load_pipeline
+    # 0. everything a user can get wrong, before any model loads or any LLM is asked
+    check_output_path(args.out, "--out", FIGURE_SUFFIXES if args.method == "both" else IMAGE_SUFFIXES)
+    check_output_path(args.layout_out, "--layout-out", (".json",))
+    check_source_args(args)
+    check_device_arg(args.device)
+    if args.sam and args.sam.endswith(".pth") and not Path(args.sam).is_file():
+        raise UsageError(f"--sam {args.sam[:80]!r}: no such checkpoint file")
+    if args.diffusion_model not in ("tiny", "toyworld"):
+        local_model_folder(args.diffusion_model)  # a folder that holds no pipeline fails here, in a second
+
     from .config import LMDConfig
-    from .pipeline import generate, generate_sd
+    from .models import load_pipeline, to_pil
+    from .pipeline import check_layout, generate, generate_sd
     from .viz.pipeline import comparison_figure
 
-    layout = source_from_args(args).get_layout(args.prompt)
-    if args.layout_out is not None:
-        layout.save(args.layout_out)
+    # 1. the layout source, the model, then the layout (checked against the model before an LLM reply is cached)
+    source = source_from_args(args)
     pipe = load_pipeline(args.diffusion_model, device=args.device)
     config = LMDConfig.for_pipe(pipe)
     if args.steps is not None:
         config = config.with_steps(args.steps)
+    sam = load_sam_backend(args.sam)
+    if hasattr(source, "validate"):  # an LLM source: a reply stage 2 cannot run is asked again, never cached
+        source.validate = lambda candidate: check_layout(pipe, candidate, config)
+    layout = check_layout(pipe, source.get_layout(args.prompt), config)
+    if args.layout_out is not None:
+        layout.save(args.layout_out)
+    # 2. the images
     images = {}
     if args.method in ("sd", "both"):
-        images["plain SD"] = generate_sd(pipe, args.prompt, seed=args.seed, config=config,
-                                         negative_prompt=layout.negative)
+        images["plain sampling"] = generate_sd(pipe, args.prompt, seed=args.seed, config=config,
+                                               negative_prompt=layout.negative)
     if args.method in ("lmd", "both"):
-        result = generate(pipe, layout, seed=args.seed, config=config, sam=load_sam_backend(args.sam))
+        result = generate(pipe, layout, seed=args.seed, config=config, sam=sam)
         images["LMD"] = result.image
         print(f"LMD: {result.method}, overall prompt {result.prompt!r}, "
               f"{', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}", file=sys.stderr)
@@ -215,8 +372,6 @@ def run_generate_command(args: argparse.Namespace) -> int:
     if args.method == "both":
         comparison_figure(layout, images, seed=args.seed).savefig(args.out, dpi=120, bbox_inches="tight")
     else:
-        from .models import to_pil
-
         to_pil(next(iter(images.values()))[None])[0].save(args.out)
     print(layout.to_json())
     print(f"wrote {args.out}", file=sys.stderr)
@@ -231,7 +386,7 @@ def add_demo_command(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("demo.png"), help="output PNG (default: demo.png)")
     p.add_argument("--prompt", default=None,
                    help=f"the prompt (default: {TOY_DEMO_PROMPT!r} with the toy model, else {DEMO_PROMPT!r})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="0 .. 2**64-1 (default: 0)")
     p.set_defaults(handler=run_demo_command)
 
 
@@ -265,6 +420,7 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    check_output_path(args.out, "--out", FIGURE_SUFFIXES)
     layout = run_demo(args.prompt, args.out, args.seed)
     print(layout.to_json())
     print(f"layout source: {layout.meta['source']}; wrote {args.out}", file=sys.stderr)
@@ -281,10 +437,10 @@ def add_benchmark_stage2_command(subparsers) -> None:
     p.add_argument("--model", dest="diffusion_model", default="toyworld", metavar="MODEL",
                    help="'toyworld' (shipped) or a toy-world diffusers folder (default: %(default)s)")
     p.add_argument("--method", default="sd,lmd", help="comma-separated methods: sd, lmd (default: %(default)s)")
-    p.add_argument("--first-seed", type=int, default=0, help="seed of each task's first prompt (default: 0)")
-    p.add_argument("--n-per-task", type=int, default=100, help="prompts per task (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's LMD config)")
-    p.add_argument("--batch-size", type=int, default=50, help="prompts per batch of plain sampling")
+    p.add_argument("--first-seed", type=seed_arg, default=0, help="seed of each task's first prompt (default: 0)")
+    p.add_argument("--n-per-task", type=positive_arg, default=100, help="prompts per task (default: %(default)s)")
+    p.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the model's LMD config)")
+    p.add_argument("--batch-size", type=positive_arg, default=50, help="prompts per batch of plain sampling")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--json", type=Path, default=None, help="also write scores, failures and timings as JSON")
     p.add_argument("--show-failures", action="store_true", help="list the failed prompts with their detections")
@@ -298,9 +454,12 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
     from .models import load_pipeline
     from .toyworld.benchmark import parse_methods, run_toy_benchmark, toy_lmd_config
 
-    methods = parse_methods(args.method)  # bad names fail before the model loads
-    if args.n_per_task < 1 or args.first_seed < 0:
-        raise ValueError("--n-per-task must be >= 1 and --first-seed >= 0")
+    try:
+        methods = parse_methods(args.method)  # bad names fail before the model loads
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    check_output_path(args.json, "--json", (".json",))
+    check_device_arg(args.device)
     pipe = load_pipeline(args.diffusion_model, device=args.device)
     config = toy_lmd_config(pipe, steps=args.steps)
     report = run_toy_benchmark(pipe, methods, args.first_seed, args.n_per_task, config, args.batch_size,
@@ -324,8 +483,7 @@ COMMANDS: list[Callable] = [add_layout_command, add_benchmark_command, add_gener
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lmd_utils",
-                                     description="LLM-grounded Diffusion (LMD): layouts, benchmark, demo")
+    parser = _Parser(prog="python -m lmd_utils", description="LLM-grounded Diffusion (LMD): layouts, benchmark, demo")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
@@ -333,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 a user error, 2 bad arguments)."""
+    """Run one command; returns the exit status (0 ok, 1 a failure while working, 2 a usage error)."""
     os.environ.setdefault("MPLBACKEND", "Agg")  # draw to files, never open a window
     parser = build_parser()
     try:
@@ -341,9 +499,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse exits on --help and on bad arguments
         return int(e.code or 0)
     try:
+        check_text_args(args)
         return int(args.handler(args))
+    except UsageError as e:
+        print(one_line(f"error: {e}"), file=sys.stderr)
+        return 2
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(one_line(f"error: {e}"), file=sys.stderr)
         return 1
 
 

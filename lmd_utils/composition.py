@@ -412,14 +412,27 @@ def composed_pass_guidance(tokenizer, layout: Layout, prompt: str, background_en
     per-box attention (``aligned[i].attention``, already moved onto the box).  ``config.skip_articles`` selects the
     phrases' tokens; ``box_rounding`` (``LMDConfig.box_rounding``) how the boxes land on the attention grids."""
     objects, transfers = [], []
-    for k, (phrase, idx) in enumerate(overall_phrases(layout)):
-        boxes = tuple(layout.boxes[i] for i in idx)
-        objects.append(ObjectTarget.for_phrase(tokenizer, prompt, phrase, boxes, start=background_end,
-                                               skip_articles=config.skip_articles))
+    for k, (idx, target, word) in enumerate(overall_token_targets(tokenizer, layout, prompt, background_end,
+                                                                 config.skip_articles)):
+        objects.append(target)
         if attention_transfer:
-            word = word_token_indices(tokenizer, prompt, phrase, start=background_end, last_token_only=True)[0]
             transfers += [TransferTarget(layout.boxes[i], word, aligned[i].attention, object_index=k) for i in idx]
     return BoxGuidance([ImageTargets(tuple(objects), tuple(transfers))], config, box_rounding=box_rounding)
+
+
+def overall_token_targets(tokenizer, layout: Layout, prompt: str, background_end: int, skip_articles: bool = False
+                          ) -> list[tuple[list[int], ObjectTarget, int]]:
+    """Per phrase of the overall prompt: its boxes' indices, its energy target (its tokens on the union of its
+    boxes) and its object word's token (for attention transfer).  ``ValueError`` when a phrase's words are not
+    within the text encoder's tokens."""
+    out = []
+    for phrase, idx in overall_phrases(layout):
+        boxes = tuple(layout.boxes[i] for i in idx)
+        target = ObjectTarget.for_phrase(tokenizer, prompt, phrase, boxes, start=background_end,
+                                         skip_articles=skip_articles)
+        word = word_token_indices(tokenizer, prompt, phrase, start=background_end, last_token_only=True)[0]
+        out.append((list(idx), target, word))
+    return out
 
 
 class FrozenForeground:

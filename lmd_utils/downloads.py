@@ -40,6 +40,29 @@ class DownloadNotAllowed(OSError):
     ``HF_HUB_OFFLINE=1``); the message says how to allow it."""
 
 
+class ModelLoadError(OSError):
+    """A model folder or hub id that does not hold a Stable Diffusion pipeline diffusers can load."""
+
+
+def local_model_folder(model: str) -> Path | None:
+    """The diffusers folder ``model`` names, or ``None`` when ``model`` is a hub id (``owner/name``).
+
+    Cheap (no diffusers import), so the command line checks ``--model`` before loading anything: a folder without
+    ``model_index.json`` or a file raises :class:`ModelLoadError`, a path that does not exist ``FileNotFoundError``.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{model[:120]!r} is not a diffusers pipeline folder (no model_index.json; "
+                                 "save one with pipe.save_pretrained(folder))")
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{model[:120]!r} is a file; give a diffusers pipeline folder or a hub id")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or not is_hub_id(model):
+        raise FileNotFoundError(f"no model folder at {model[:120]!r} (and it does not look like a hub id)")
+    return None
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -12,13 +12,16 @@ the 512×512 LLM canvas, a 64×64 latent, a 16×16 attention map or a 32×32 toy
 
 Validation (:func:`Layout.from_xywh_objects`) follows the authors' rules: zero-area boxes are dropped,
 "background" boxes that cover the whole canvas or start outside it are dropped, boxes that stick out of the
-canvas are clipped (with a warning), and at most ``max_boxes`` boxes are kept.
+canvas are clipped (with a warning), and at most ``max_boxes`` boxes are kept.  We also drop boxes too small to
+represent and captions without a word (stage 2 needs a word to attend to).  Hand-built layouts skip those
+repairs; :meth:`Layout.validate` checks them with the same rules and raises :class:`LayoutError`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +38,8 @@ CANVAS_SIZE = 512
 DEFAULT_BACKGROUND = "A realistic scene"
 #: Most boxes we generate for one image; the authors' prompts rarely exceed 5, per-box cost grows linearly.
 MAX_BOXES = 8
+#: Most repair notes (warnings) one layout reports; past it, one note counts the rest.
+_MAX_NOTES = 12
 
 
 class LayoutWarning(UserWarning):
@@ -44,6 +49,29 @@ class LayoutWarning(UserWarning):
 class LayoutError(ValueError):
     """A layout that stage 2 cannot run (a box outside the canvas, a caption without a word, too many boxes,
     a prompt longer than the text encoder reads, ...); the message says which and why."""
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with "…" when cut.
+
+    Error messages and warnings quote user text (prompts, captions, LLM replies) through this, so a 100 KB
+    prompt gives a one-line message, not a 100 KB one.
+    """
+    text = str(text)
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened: how messages quote a caption or a value (``'a cat'``)."""
+    return shorten(repr(value), limit)
+
+
+def has_word(phrase: str) -> bool:
+    """Whether a caption holds a word: any Unicode letter or digit ("a cat", "un chien", "猫", "R2D2").
+
+    Stage 2 attends to the caption's tokens; a caption of blanks or punctuation ("...", "!!!") gives it none.
+    """
+    return any(ch.isalnum() for ch in phrase)
 
 
 @dataclass(frozen=True)
@@ -57,8 +85,23 @@ class Box:
     y1: float
 
     def __post_init__(self) -> None:
+        """Reject what no code can draw: a non-str caption, a non-finite corner, no area (:class:`LayoutError`).
+
+        Corners outside ``[0, 1]`` are allowed here (code moves boxes around); :meth:`Layout.validate` checks them.
+        """
+        if not isinstance(self.phrase, str):
+            raise LayoutError(f"a box caption must be a str, not {type(self.phrase).__name__}: {quote(self.phrase)}")
+        name = f"box {quote(self.phrase)}"
+        try:
+            if any(isinstance(v, (str, bytes)) for v in self.bbox):  # float("1") works, "1" > 0 does not
+                raise TypeError
+            finite = all(math.isfinite(float(v)) for v in self.bbox)
+        except (TypeError, ValueError, OverflowError):
+            raise LayoutError(f"{name}: coordinates must be numbers, not {quote(self.bbox)}") from None
+        if not finite:
+            raise LayoutError(f"{name}: non-finite coordinates {quote(self.bbox)}")
         if not (self.x1 > self.x0 and self.y1 > self.y0):
-            raise ValueError(f"box {self.phrase!r} has no area: {self.bbox}")
+            raise LayoutError(f"{name} has no area: {quote(self.bbox)}")
 
     # -- conversions --------------------------------------------------------------------------
     @classmethod
@@ -112,7 +155,7 @@ class Box:
             r0, r1 = _authors_span(self.y0, self.y1, height)
             c0, c1 = _authors_span(self.x0, self.x1, width)
         else:
-            raise ValueError(f"rounding must be 'edges' or 'authors', not {rounding!r}")
+            raise ValueError(f"rounding must be 'edges' or 'authors', not {quote(rounding)}")
         return slice(r0, r1), slice(c0, c1)
 
     def mask(self, height: int, width: int, dtype: torch.dtype = torch.float32,
@@ -125,6 +168,23 @@ class Box:
         rows, cols = self.pixel_slices(height, width, rounding)
         m[rows, cols] = 1
         return m
+
+
+def _representable(x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether a normalised box's area is a normal positive float.  ``w = 1e-320`` pixels gives ``x + w == x``, or
+    a width of 2e-323 whose area underflows to 0: stage 2 divides by areas, so such a box cannot run."""
+    return (x1 - x0) * (y1 - y0) >= sys.float_info.min
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (in dicts, lists, tuples) replaced by its ``repr``: ``"inf"``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(float(value))
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 def _grid_span(lo: float, hi: float, n: int) -> tuple[int, int]:
@@ -207,41 +267,60 @@ class Layout:
         Repairs, each reported with a :class:`LayoutWarning` and recorded in ``meta["warnings"]``:
         zero-area boxes and canvas-sized "background" boxes (``w >= canvas and h >= canvas``, or a corner
         outside the canvas) are dropped, as the authors do; other boxes are clipped to the canvas; boxes past
-        ``max_boxes`` are dropped.  An empty background prompt becomes ``"A realistic scene"``.
+        ``max_boxes`` are dropped.  Also dropped: a box that is not four finite numbers, one too small to
+        represent once normalised (``w = 1e-320``), and a caption without a word (:func:`has_word`).
+        Bad boxes never raise: stage 1 is an LLM, and one bad box should not cost the whole layout.
+        An empty background prompt becomes ``"A realistic scene"``.
         """
         kept: list[Box] = []
         notes: list[str] = []
+        overflow: list[str] = []  # captions past max_boxes: one note for all, not one warning per box
         for phrase, xywh in objects:
             phrase = str(phrase).strip()
-            x, y, w, h = (float(v) for v in xywh)
+            name = quote(phrase)
+            try:
+                x, y, w, h = (float(v) for v in xywh)
+            except (TypeError, ValueError, OverflowError):
+                notes.append(f"dropped {name}: the box is not four numbers {quote(xywh)}")
+                continue
+            where = shorten(str([x, y, w, h]))
             if not all(math.isfinite(v) for v in (x, y, w, h)):
-                notes.append(f"dropped {phrase!r}: non-finite coordinates {[x, y, w, h]}")
+                notes.append(f"dropped {name}: non-finite coordinates {where}")
                 continue
             if w <= 0 or h <= 0:
-                notes.append(f"dropped {phrase!r}: zero area {[x, y, w, h]}")
+                notes.append(f"dropped {name}: zero area {where}")
                 continue
             if (w >= canvas and h >= canvas) or x > canvas or y > canvas:
-                notes.append(f"dropped {phrase!r}: background-like box {[x, y, w, h]}")
+                notes.append(f"dropped {name}: background-like box {where}")
+                continue
+            if x + w <= 0 or y + h <= 0 or x >= canvas or y >= canvas:
+                notes.append(f"dropped {name}: outside the canvas {where}")
                 continue
             x0, y0 = max(x, 0.0), max(y, 0.0)
             x1, y1 = min(x + w, canvas), min(y + h, canvas)
-            if x1 <= x0 or y1 <= y0:
-                notes.append(f"dropped {phrase!r}: outside the canvas {[x, y, w, h]}")
+            corners = (x0 / canvas, y0 / canvas, x1 / canvas, y1 / canvas)
+            if not _representable(*corners):
+                notes.append(f"dropped {name}: too small to represent {where}")
                 continue
-            if not phrase:
-                notes.append(f"dropped a box without caption at {[x, y, w, h]}")
+            if not has_word(phrase):
+                notes.append(f"dropped {name}: the caption has no word")
                 continue
             if len(kept) >= max_boxes:
-                notes.append(f"dropped {phrase!r}: more than {max_boxes} boxes")
+                overflow.append(name)
                 continue
             if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-                notes.append(f"clipped {phrase!r} to the canvas: {[x, y, w, h]}")
-            kept.append(Box(phrase, x0 / canvas, y0 / canvas, x1 / canvas, y1 / canvas))
+                notes.append(f"clipped {name} to the canvas: {where}")
+            kept.append(Box(phrase, *corners))
+        if len(notes) > _MAX_NOTES:  # a reply of 800 broken boxes: a few examples and a count
+            notes = notes[:_MAX_NOTES - 1] + [f"… and {len(notes) - _MAX_NOTES + 1} more repairs"]
+        if overflow:
+            notes.append(f"dropped {len(overflow)} box(es): more than {max_boxes} boxes "
+                         f"({shorten(', '.join(overflow[:4]), 120)}{', …' if len(overflow) > 4 else ''})")
         for note in notes:
             warnings.warn(note, LayoutWarning, stacklevel=2)
         meta = dict(meta or {})
         if notes:
-            meta["warnings"] = meta.get("warnings", []) + notes
+            meta["warnings"] = list(meta.get("warnings", [])) + notes
         return cls(
             boxes=kept,
             background=(background or "").strip() or DEFAULT_BACKGROUND,
@@ -249,6 +328,33 @@ class Layout:
             prompt=prompt,
             meta=meta,
         )
+
+    def validate(self) -> None:
+        """Raise :class:`LayoutError` unless stage 2 can run this layout: at most :data:`MAX_BOXES` boxes, each a
+        :class:`Box` with finite corners inside the canvas (``0 <= x0 < x1 <= 1``, same for y), an area that is a
+        normal float (not 1e-320) and a caption with a word; str prompts.
+
+        :meth:`from_xywh_objects` repairs layouts by these rules; a hand-built :class:`Layout` skips them, so
+        stage 2 calls this first.  The messages use the repairs' words.
+        """
+        for name in ("background", "negative", "prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise LayoutError(f"the {name} prompt must be a str, not {type(value).__name__}: {quote(value)}")
+        if len(self.boxes) > MAX_BOXES:
+            raise LayoutError(f"{len(self.boxes)} boxes: more than {MAX_BOXES} boxes")
+        for i, box in enumerate(self.boxes):
+            if not isinstance(box, Box):
+                raise LayoutError(f"box {i} is a {type(box).__name__}, not a Box: {quote(box)}")
+            name = f"box {i} {quote(box.phrase)}"
+            if not all(math.isfinite(v) for v in box.bbox):  # a Box checks this, unless someone bypassed it
+                raise LayoutError(f"{name}: non-finite coordinates {quote(box.bbox)}")
+            if not (0 <= box.x0 < box.x1 <= 1 and 0 <= box.y0 < box.y1 <= 1):
+                raise LayoutError(f"{name}: outside the canvas {quote(box.bbox)} (need 0 <= x0 < x1 <= 1, same for y)")
+            if not _representable(*box.bbox):
+                raise LayoutError(f"{name}: too small to represent {quote(box.bbox)}")
+            if not has_word(box.phrase):
+                raise LayoutError(f"{name}: the caption has no word")
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -262,8 +368,15 @@ class Layout:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Layout":
+        """The inverse of :meth:`to_dict`; a malformed box raises :class:`LayoutError`."""
+        boxes = []
+        for b in d.get("boxes", []):
+            try:
+                boxes.append(Box(**b))
+            except TypeError as e:  # missing or extra fields
+                raise LayoutError(f"a box needs phrase, x0, y0, x1, y1: {quote(b)} ({e})") from None
         return cls(
-            boxes=[Box(**b) for b in d.get("boxes", [])],
+            boxes=boxes,
             background=d.get("background", DEFAULT_BACKGROUND),
             negative=d.get("negative", ""),
             prompt=d.get("prompt", ""),
@@ -271,7 +384,10 @@ class Layout:
         )
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """Strict JSON: non-finite numbers (an LLM's ``inf`` kept in ``meta``) are written as strings
+        ``"inf"``, ``"-inf"``, ``"nan"``; ``float()`` reads them back.  Plain ``json.dumps`` would write
+        ``Infinity``/``NaN``, which most JSON readers reject."""
+        return json.dumps(_finite_json(self.to_dict()), indent=indent, ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "Layout":

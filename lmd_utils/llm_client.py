@@ -5,32 +5,41 @@ module connects it to a live model:
 
 * **Client** (:class:`LLMLayoutSource`, :class:`LLMConfig`): any OpenAI-compatible chat-completions endpoint
   (OpenAI, ollama, vLLM, llama.cpp server), configured from arguments or the environment (``LMD_LLM_MODEL``,
-  ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``), at the authors' temperature.  Every request is bounded: a timeout
-  and a number of retries for the network (then :class:`LLMRequestError`), a number of reprompts for replies
-  that do not parse (then :class:`~lmd_utils.llm_layouts.LayoutParseError`).
-* **Cache** (:class:`ReplyCache`): the replies that parsed, on disk, keyed by (template version, model, prompt),
-  written atomically; a corrupt file raises :class:`CacheCorruptError` and is never overwritten.  As in the
-  authors' code, the k-th request for a prompt gets the k-th reply, so reruns are free and reproducible.
+  ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``), at the authors' temperature.  Every request is bounded in wall time:
+  each try gets ``timeout_s`` seconds in all (a server that dribbles bytes cannot stall it), failed tries are
+  retried ``max_retries`` times, then :class:`LLMRequestError`.  Replies that do not parse, or that stage 2
+  could not run (an optional ``validate`` hook), are answered with a reprompt, ``parse_attempts`` replies in
+  all, then :class:`~lmd_utils.llm_layouts.LayoutParseError` or :class:`~lmd_utils.layout.LayoutError`.
+* **Cache** (:class:`ReplyCache`): the replies that passed, on disk, keyed by (template version, model, prompt),
+  written atomically under a file lock, so concurrent runs lose nothing; a corrupt file raises
+  :class:`CacheCorruptError` and is never overwritten.  As in the authors' code, the k-th request for a prompt
+  gets the k-th reply, so reruns are free and reproducible.
 * **Choosing a source** (:func:`resolve_source`): the configured LLM, the offline planner or a reply file, for
   the command line, the benchmark and notebook 07.
 
-The API key is only ever handed to the ``openai`` client: it is never written anywhere, neither in the cache nor
-in ``Layout.meta``, a ``repr`` or a log message (URLs are shown with :func:`redact_url`).
+Every fault of the endpoint ends in :class:`LLMRequestError`, every bad configuration in
+:class:`LLMNotConfigured` (or ``ValueError`` for a bad number), each with a short one-line message.  The API key
+is only ever handed to the ``openai`` client: it is never written anywhere, neither in the cache nor in
+``Layout.meta``, a ``repr`` or an error message (URLs are shown with :func:`redact_url`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import random
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
 
-from .layout import Layout
+from .layout import Layout, LayoutError
 from .llm_layouts import (
     CAPTION_PREFIX,
     LayoutParseError,
@@ -41,21 +50,25 @@ from .llm_layouts import (
     SampleCounter,
     caption_turn,
     load_template,
-    parse_layout_reply,
     reply_to_layout,
 )
 from .planner import OfflinePlanner
+# the cache lives in its own module; its names stay importable from here
+from .reply_cache import (CACHE_LOCK_TIMEOUT_S, ENV_CACHE, MAX_MESSAGE_CHARS, CacheCorruptError,  # noqa: F401
+                          ReplyCache, _cut, default_cache_path)
 
 #: Sampling temperature the authors use for layout generation.
 DEFAULT_TEMPERATURE = 0.25
+#: Seconds one try of a request may take in all (connecting, waiting and reading the whole answer).
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
-#: How many replies we ask for (the first plus reprompts) before giving up on an unparseable answer.
+#: How many replies we ask for (the first plus reprompts) before giving up on an unusable answer.
 DEFAULT_PARSE_ATTEMPTS = 3
+#: The longest wait between two tries, whatever the server's ``Retry-After`` asks (keeps a request bounded).
+MAX_BACKOFF_S = 8.0
 ENV_API_KEY = "OPENAI_API_KEY"
 ENV_BASE_URL = "OPENAI_BASE_URL"
 ENV_MODEL = "LMD_LLM_MODEL"
-ENV_CACHE = "LMD_LLM_CACHE"
 #: Placeholder key for local servers (ollama, vLLM, llama.cpp) that ignore it but the client needs one.
 LOCAL_SERVER_KEY = "not-needed"
 
@@ -63,107 +76,73 @@ REPROMPT = (
     "I could not read that answer ({error}). Reply again with only the three lines "
     "'Objects: [...]', 'Background prompt: ...' and 'Negative prompt: ...'."
 )
-
-
-# =============================================================================================================
-# Reply cache
-# =============================================================================================================
-class CacheCorruptError(RuntimeError):
-    """The cache file exists but cannot be read; it is left untouched."""
-
-
-class ReplyCache:
-    """Parsed LLM replies on disk, keyed by (template version, model, prompt), a list of replies per key.
-
-    The file is ``{"format": ..., "replies": {version: {model: {prompt: [reply, ...]}}}}``.  Only replies that
-    parsed are stored.  Writes go to a temporary file that then replaces the cache (``os.replace``), and merge
-    with what is on disk, so an interrupted or concurrent run loses nothing.  A corrupt file raises
-    :class:`CacheCorruptError` and is never overwritten.
-    """
-
-    FORMAT = "lmd_utils reply cache 1"
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._data = self._read()
-
-    def __repr__(self) -> str:
-        return f"ReplyCache({str(self.path)!r})"
-
-    def _read(self) -> dict[str, dict[str, dict[str, list[str]]]]:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            ok = isinstance(data, dict) and data.get("format") == self.FORMAT and isinstance(data.get("replies"), dict)
-            replies = data["replies"] if ok else None
-            ok = ok and all(
-                isinstance(models, dict) and all(
-                    isinstance(prompts, dict) and all(
-                        isinstance(v, list) and all(isinstance(r, str) for r in v) for v in prompts.values()
-                    ) for prompts in models.values()
-                ) for models in replies.values()
-            )
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CacheCorruptError(f"cannot read the reply cache {self.path} ({e}); it was left untouched — "
-                                    f"move it away or fix it") from e
-        if not ok:
-            raise CacheCorruptError(f"{self.path} is not a reply cache of format {self.FORMAT!r}; "
-                                    f"it was left untouched — move it away or choose another cache path")
-        return replies
-
-    def get(self, version: str, model: str, key: str) -> list[str]:
-        """The stored replies for a key (a copy; empty if none)."""
-        return list(self._data.get(version, {}).get(model, {}).get(key, []))
-
-    def append(self, version: str, model: str, key: str, reply: str) -> None:
-        """Store one more reply for a key and write the file atomically."""
-        self._data = self._read() or self._data  # merge with what another run may have written meanwhile
-        self._data.setdefault(version, {}).setdefault(model, {}).setdefault(key, []).append(reply)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"format": self.FORMAT, "replies": self._data}, indent=1, ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(payload + "\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def default_cache_path() -> Path:
-    """``$LMD_LLM_CACHE``, else ``~/.cache/lmd_utils/llm_replies.json``."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env) if env else Path.home() / ".cache" / "lmd_utils" / "llm_replies.json"
+#: The reprompt for a reply that parsed but that stage 2 cannot draw (e.g. a prompt too long for the encoder).
+REPROMPT_INVALID = (
+    "That layout cannot be drawn ({error}). Reply again with a corrected layout, only the three lines "
+    "'Objects: [...]', 'Background prompt: ...' and 'Negative prompt: ...'."
+)
 
 
 # =============================================================================================================
 # LLM client
 # =============================================================================================================
 class LLMNotConfigured(RuntimeError):
-    """No LLM is configured (model name and an endpoint or key are needed)."""
+    """No usable LLM configuration (a model name and an endpoint or key are needed; the key must be plain)."""
 
 
 class LLMRequestError(RuntimeError):
-    """The LLM endpoint could not be reached or answered with an error (after the client's retries)."""
+    """The LLM endpoint could not be reached, did not answer in time, or answered with an error or garbage
+    (after the retries)."""
 
 
 def redact_url(url: str | None) -> str | None:
     """``url`` without a ``user:password@`` part, safe to show and store."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = host + (f":{parts.port}" if parts.port else "")
+            return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:  # not a URL at all (e.g. a bad port): show nothing of it
+        return "<unreadable URL>"
     return url
+
+
+def _plain_text_problem(value: str) -> str | None:
+    """Why ``value`` cannot go into an HTTP header or URL (non-ASCII, whitespace, control characters), or None."""
+    if not value.isascii():
+        return "contains non-ASCII characters (a typographic quote or dash pasted with it?)"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return "contains whitespace or control characters (a line break or space pasted with it?)"
+    return None
+
+
+def _url_problem(url: Any) -> str | None:
+    """Why ``url`` cannot be an endpoint's base URL, or None."""
+    if not isinstance(url, str):
+        return f"is a {type(url).__name__}, not a string"
+    if any(c.isspace() or not c.isprintable() for c in url):  # non-ASCII is fine: an international host name
+        return "contains whitespace or control characters (a line break or space pasted with it?)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises ValueError)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http:// or https:// URL with a host"
+    return None
 
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Where and how to ask an LLM.  The key is excluded from ``repr`` and never serialised."""
+    """Where and how to ask an LLM.  The key is excluded from ``repr`` and never serialised.
+
+    ``timeout_s`` bounds one *try* of a request as a whole (not each network read); a request makes at most
+    ``max_retries + 1`` tries, waiting at most :data:`MAX_BACKOFF_S` between them; a layout asks at most
+    ``parse_attempts`` requests.  See :meth:`LLMLayoutSource.get_layout` for the resulting bound.
+    """
 
     model: str
     base_url: str | None = None
@@ -174,8 +153,31 @@ class LLMConfig:
     parse_attempts: int = DEFAULT_PARSE_ATTEMPTS
 
     def __post_init__(self) -> None:
-        if self.parse_attempts < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ValueError("need parse_attempts >= 1, max_retries >= 0 and timeout_s > 0")
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not count(self.parse_attempts) or self.parse_attempts < 1:
+            raise ValueError(f"need parse_attempts >= 1 (an int), got {self.parse_attempts!r}")
+        if not count(self.max_retries) or self.max_retries < 0:
+            raise ValueError(f"need max_retries >= 0 (an int), got {self.max_retries!r}")
+        if not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s < math.inf:
+            raise ValueError(f"need timeout_s > 0 (a finite number of seconds), got {self.timeout_s!r}")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"need temperature >= 0 (a finite number), got {self.temperature!r}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise LLMNotConfigured(f"no LLM configured: the model name ({ENV_MODEL} or --model) is empty")
+        # The key goes into an HTTP header: check it here, where the message can say what is wrong, rather than
+        # letting the HTTP library fail with an "'ascii' codec" error.  Never quote the key itself.
+        if not isinstance(self.api_key, str) or not self.api_key:
+            raise LLMNotConfigured(f"the API key (${ENV_API_KEY}) is empty; set it, or give a local server's "
+                                   f"base URL (${ENV_BASE_URL})")
+        problem = _plain_text_problem(self.api_key)
+        if problem:
+            raise LLMNotConfigured(f"the API key (${ENV_API_KEY}) {problem}; it was not sent — set it again")
+        problem = _url_problem(self.base_url) if self.base_url is not None else None
+        if problem:
+            shown = redact_url(self.base_url) if isinstance(self.base_url, str) else self.base_url
+            raise LLMNotConfigured(f"the base URL (${ENV_BASE_URL}) {problem}: {_cut(repr(shown), 80)}")
 
     def __repr__(self) -> str:
         return (f"LLMConfig(model={self.model!r}, base_url={redact_url(self.base_url)!r}, "
@@ -208,18 +210,34 @@ def llm_configured() -> bool:
     """Whether the environment configures an LLM (see :meth:`LLMConfig.from_env`)."""
     try:
         LLMConfig.from_env()
-    except LLMNotConfigured:
+    except (LLMNotConfigured, ValueError):
         return False
     return True
+
+
+class _NoAnswerInTime(Exception):
+    """Internal: one try did not finish within ``timeout_s``."""
+
+
+#: HTTP statuses worth another try (as the ``openai`` client retries them): timeouts, conflicts, rate limits,
+#: server errors.  Others (a bad key, an unknown model, a bad request) would fail the same way again.
+_RETRY_STATUSES = frozenset({408, 409, 429})
+
 
 class LLMLayoutSource:
     """Layouts from an OpenAI-compatible chat-completions endpoint (paper §3.1), with a reply cache.
 
     ``get_layout(prompt, sample=k)`` returns the k-th cached reply for (template version, model, prompt) and
-    asks the LLM only for samples not cached yet.  A reply that does not parse is answered with a reprompt that
-    quotes the problem, up to ``config.parse_attempts`` replies in all; then :class:`LayoutParseError`.
-    Network errors and timeouts are retried by the ``openai`` client (``max_retries``), then raise
-    :class:`LLMRequestError`.
+    asks the LLM only for samples not cached yet.  A reply is used (and cached) only when it parses into a
+    :class:`~lmd_utils.layout.Layout` and passes ``validate`` — an optional ``validate(layout)`` that raises
+    :class:`~lmd_utils.layout.LayoutError` when stage 2 could not run the layout (say, a prompt longer than the
+    text encoder reads); otherwise the LLM gets a reprompt that quotes the problem, up to
+    ``config.parse_attempts`` replies in all.  A cached reply that fails (a cache written by an older version)
+    is removed from the cache, with a warning, and asked again: a bad reply must not fail every later run.
+
+    Requests: each try runs in a worker thread and is abandoned after ``config.timeout_s`` seconds (its
+    connection closed), however the server trickles its bytes; network errors, timeouts, rate limits and server
+    errors are tried again ``config.max_retries`` times; then :class:`LLMRequestError`.
     """
 
     def __init__(
@@ -227,17 +245,17 @@ class LLMLayoutSource:
         config: LLMConfig | None = None,
         cache: ReplyCache | str | Path | None = None,
         template: LayoutTemplate | None = None,
+        validate: Callable[[Layout], None] | None = None,
     ) -> None:
         self.config = config or LLMConfig.from_env()
         self.cache = ReplyCache(cache) if isinstance(cache, (str, Path)) else cache
         self.template = template or load_template()
+        #: ``validate(layout)`` raises :class:`LayoutError` for a layout stage 2 cannot run (None: no check; any
+        #: ValueError it raises counts as such a problem, other exceptions propagate).
+        self.validate = validate
         self.name = f"llm {self.config.model}"
-        self._client = openai.OpenAI(
-            api_key=self.config.api_key,
-            base_url=self.config.base_url,
-            timeout=self.config.timeout_s,
-            max_retries=self.config.max_retries,
-        )
+        self._where = redact_url(self.config.base_url) or "api.openai.com"
+        self._client = self._new_client()
         self._counter = SampleCounter()
 
     def __repr__(self) -> str:
@@ -245,7 +263,12 @@ class LLMLayoutSource:
 
     # -- public ---------------------------------------------------------------------------------------------
     def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
-        """The layout for ``prompt`` (one user turn after the template)."""
+        """The layout for ``prompt`` (one user turn after the template).
+
+        Bounded: each reply it has to ask for takes at most ``parse_attempts`` requests, each request at most
+        ``(max_retries + 1) * timeout_s + max_retries * MAX_BACKOFF_S`` seconds.  One call asks one reply, or
+        none when cached — more only for a ``sample`` beyond the cached ones (the missing samples are asked).
+        """
         return self.continue_dialog([caption_turn(prompt)], sample=sample, prompt=prompt)
 
     def continue_dialog(
@@ -254,20 +277,31 @@ class LLMLayoutSource:
         """The layout the LLM answers to a dialog ``history`` (user/assistant turns, ending with a user turn)."""
         if not history or history[-1].get("role") != "user":
             raise ValueError("a dialog history must end with a user turn")
+        prompt = prompt or first_caption(history)
         key = self._cache_key(history)
         k = self._counter.next(key, sample)
-        cached = self.cache.get(self.template.version, self.config.model, key) if self.cache is not None else []
-        meta: dict[str, Any] = {"cached": k < len(cached)}
-        while len(cached) <= k:  # ask for the samples we do not have yet
-            reply, meta = self._fresh_reply(history)
-            cached.append(reply)
-            if self.cache is not None:
-                self.cache.append(self.template.version, self.config.model, key, reply)
-        meta.update(source=self.name, model=self.config.model, base_url=redact_url(self.config.base_url),
-                    template_version=self.template.version, sample=k)
-        return reply_to_layout(cached[k], prompt=prompt or first_caption(history), meta=meta)
+        if self.cache is None:  # nothing to replay: every request is a fresh sample
+            _, layout, meta = self._fresh_reply(history, prompt)
+        else:
+            version, model = self.template.version, self.config.model
+            cached = self.cache.get(version, model, key)
+            layout, meta = None, {"cached": True}
+            while layout is None and k < len(cached):
+                try:
+                    layout = self._checked_layout(cached[k], prompt)
+                except ValueError as e:  # LayoutParseError / LayoutError: a poisoned cache
+                    self._forget(key, cached[k], e)
+                    cached = self.cache.get(version, model, key)
+            while layout is None or len(cached) <= k:  # ask for the samples we do not have yet
+                reply, layout, meta = self._fresh_reply(history, prompt)
+                self.cache.append(version, model, key, reply)
+                cached.append(reply)
+        layout.meta.update(meta)
+        layout.meta.update(source=self.name, model=self.config.model, base_url=redact_url(self.config.base_url),
+                           template_version=self.template.version, sample=k)
+        return layout
 
-    # -- internals ------------------------------------------------------------------------------------------
+    # -- internals: replies ---------------------------------------------------------------------------------
     @staticmethod
     def _cache_key(history: Sequence[dict[str, str]]) -> str:
         """The prompt itself for a one-turn request; the JSON list of user turns for a dialog."""
@@ -276,40 +310,149 @@ class LLMLayoutSource:
             return users[0][len(CAPTION_PREFIX):]
         return json.dumps(users, ensure_ascii=False)
 
-    def _fresh_reply(self, history: Sequence[dict[str, str]]) -> tuple[str, dict[str, Any]]:
-        """Ask until a reply parses (bounded); returns it with request facts (attempts, token usage)."""
+    def _checked_layout(self, reply: str, prompt: str) -> Layout:
+        """The layout of a reply, if it parses and passes ``validate``; else LayoutParseError / LayoutError."""
+        layout = reply_to_layout(reply, prompt=prompt)
+        if self.validate is not None:
+            self.validate(layout)
+        return layout
+
+    def _forget(self, key: str, reply: str, problem: Exception) -> None:
+        """Remove a cached reply that cannot be used, and say so once (it is gone afterwards)."""
+        assert self.cache is not None
+        self.cache.remove(self.template.version, self.config.model, key, reply)
+        warnings.warn(f"{self.name}: removed a cached reply for {_cut(key, 60)!r} from {self.cache.path} "
+                      f"({type(problem).__name__}: {_cut(problem, 160)}); asking the LLM again", stacklevel=4)
+
+    def _fresh_reply(self, history: Sequence[dict[str, str]], prompt: str) -> tuple[str, Layout, dict[str, Any]]:
+        """Ask until a reply parses and passes ``validate`` (bounded); returns it, its layout and request facts."""
         messages = self.template.messages(history=history)
-        problem = ""
+        problem: Exception | None = None
         for attempt in range(1, self.config.parse_attempts + 1):
             text, usage = self._chat(messages)
             try:
-                parse_layout_reply(text)
-            except LayoutParseError as e:
-                problem = str(e)
+                layout = self._checked_layout(text, prompt)
+            except ValueError as e:  # LayoutParseError, or LayoutError from the layout or ``validate``
+                problem = e
+                template = REPROMPT if isinstance(e, LayoutParseError) else REPROMPT_INVALID
                 messages = messages + [
                     {"role": "assistant", "content": text},
-                    {"role": "user", "content": REPROMPT.format(error=problem[:200])},
+                    {"role": "user", "content": template.format(error=_cut(e, 200))},
                 ]
                 continue
-            return text, {"cached": False, "attempts": attempt, "usage": usage}
-        raise LayoutParseError(
-            f"{self.name}: none of {self.config.parse_attempts} replies could be parsed; last problem: {problem}"
-        )
+            return text, layout, {"cached": False, "attempts": attempt, "usage": usage}
+        error = LayoutParseError if isinstance(problem, LayoutParseError) else LayoutError
+        raise error(f"{self.name}: none of {self.config.parse_attempts} replies gave a usable layout; "
+                    f"last problem: {type(problem).__name__}: {_cut(problem, 200)}")
+
+    # -- internals: requests --------------------------------------------------------------------------------
+    def _new_client(self) -> openai.OpenAI:
+        # We retry ourselves (``_chat``): the client's own retries would happen inside one deadline-bound try.
+        try:
+            return openai.OpenAI(api_key=self.config.api_key, base_url=self.config.base_url,
+                                 timeout=self.config.timeout_s, max_retries=0)
+        except Exception as e:  # noqa: BLE001 (the client's configuration checks raise various types)
+            raise LLMNotConfigured(self._scrub(f"{self.name}: the openai client rejects the configuration "
+                                               f"({type(e).__name__}: {e})")) from e
 
     def _chat(self, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
-        try:
-            response = self._client.chat.completions.create(
-                model=self.config.model, messages=messages, temperature=self.config.temperature
-            )
-        except openai.APIError as e:
-            raise LLMRequestError(
-                f"{self.name} at {redact_url(self.config.base_url) or 'api.openai.com'}: {type(e).__name__}: {e}"
-            ) from e
+        """One request: up to ``max_retries + 1`` tries, each bounded by ``timeout_s``; the reply text and usage."""
+        tries = self.config.max_retries + 1
+        for n in range(1, tries + 1):
+            try:
+                return self._reply_text(self._try_once(messages))
+            except LLMRequestError:
+                raise  # a malformed answer: trying again would get the same
+            except Exception as e:  # noqa: BLE001 (any fault of the endpoint or the HTTP stack ends here)
+                if n == tries or not self._worth_retrying(e):
+                    raise self._request_error(e, n) from e
+                time.sleep(self._backoff_s(e, n))
+        raise AssertionError("unreachable")
+
+    def _try_once(self, messages: list[dict[str, str]]) -> Any:
+        """One HTTP try that ends within ``timeout_s``, whatever the server does.
+
+        The HTTP client's own timeout bounds each network read, so a server that sends a byte every few seconds
+        would keep a read-bound request alive forever.  So the call runs in a worker thread that we wait for
+        ``timeout_s``; if it is still running, we close its HTTP client (which drops the connection and ends the
+        worker at its next read) and use a fresh client from then on.
+        """
+        client, outcome = self._client, {}
+
+        def call() -> None:
+            try:
+                outcome["response"] = client.chat.completions.create(
+                    model=self.config.model, messages=messages, temperature=self.config.temperature)
+            except BaseException as e:  # noqa: BLE001 (handed to the waiting thread)
+                outcome["error"] = e
+
+        worker = threading.Thread(target=call, name="lmd-llm-request", daemon=True)
+        worker.start()
+        worker.join(self.config.timeout_s)
+        if worker.is_alive():
+            self._client = self._new_client()
+            threading.Thread(target=client.close, name="lmd-llm-close", daemon=True).start()
+            raise _NoAnswerInTime()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["response"]
+
+    def _reply_text(self, response: Any) -> tuple[str, dict[str, Any]]:
+        """The message text and token usage of a chat completion; LLMRequestError if it is not one."""
         choices = getattr(response, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise LLMRequestError(f"{self.name}: the response has no choices")
-        usage = response.usage.model_dump() if getattr(response, "usage", None) is not None else {}
-        return choices[0].message.content or "", usage
+        message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+        if message is None or not hasattr(message, "content"):
+            raise LLMRequestError(self._scrub(f"{self.name} at {self._where}: the response has no choices with a "
+                                              f"message (not a chat completion: {_cut(repr(response), 120)})"))
+        content = message.content
+        if content is None:  # e.g. a refusal: reprompted like any reply without a layout
+            content = ""
+        if not isinstance(content, str):
+            raise LLMRequestError(self._scrub(f"{self.name} at {self._where}: the message content is a "
+                                              f"{type(content).__name__}, not text: {_cut(repr(content), 120)}"))
+        usage = getattr(response, "usage", None)
+        try:
+            usage = usage.model_dump() if hasattr(usage, "model_dump") else {}
+        except Exception:  # noqa: BLE001 (token counts are informative only)
+            usage = {}
+        return content, usage if isinstance(usage, dict) else {}
+
+    @staticmethod
+    def _worth_retrying(error: Exception) -> bool:
+        if isinstance(error, (_NoAnswerInTime, openai.APIConnectionError)):  # includes APITimeoutError
+            return True
+        status = getattr(error, "status_code", None) if isinstance(error, openai.APIStatusError) else None
+        return isinstance(status, int) and (status in _RETRY_STATUSES or status >= 500)
+
+    @staticmethod
+    def _backoff_s(error: Exception, n: int) -> float:
+        """Seconds to wait before try ``n + 1``: the server's ``Retry-After``, else 0.5 s, 1 s, 2 s … (jittered);
+        never more than :data:`MAX_BACKOFF_S`."""
+        headers = getattr(getattr(error, "response", None), "headers", None) or {}
+        wait = None
+        for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+            try:
+                wait = float(headers.get(name)) * scale
+                break
+            except (TypeError, ValueError):  # absent, or an HTTP date: use the default
+                continue
+        if wait is None or not math.isfinite(wait):
+            wait = 0.5 * 2 ** (n - 1) * (1 - 0.25 * random.random())
+        return min(max(wait, 0.0), MAX_BACKOFF_S)
+
+    def _request_error(self, error: Exception, tries: int) -> LLMRequestError:
+        """A one-line LLMRequestError naming the endpoint, what went wrong and how often it was tried."""
+        if isinstance(error, (_NoAnswerInTime, openai.APITimeoutError)):
+            what = f"Timeout: the endpoint did not answer within {self.config.timeout_s:g} s"
+        else:
+            what = f"{type(error).__name__}: {_cut(error, 200) or 'no details'}"
+        tried = f" (after {tries} tries)" if tries > 1 else ""
+        return LLMRequestError(_cut(self._scrub(f"{self.name} at {self._where}: {what}{tried}")))
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the API key (a server may echo it in an error message)."""
+        key = self.config.api_key
+        return text.replace(key, "<API key>") if len(key) >= 8 and key != LOCAL_SERVER_KEY else text
 
 
 # =============================================================================================================
@@ -320,22 +463,26 @@ def resolve_source(
     model: str | None = None,
     base_url: str | None = None,
     cache: ReplyCache | str | Path | bool | None = None,
+    timeout_s: float | None = None,
 ) -> tuple[LayoutSource, str]:
     """A layout source from a name and a sentence saying which one and why (for the CLI's stderr).
 
     ``"planner"``: the offline planner; ``"llm"``: the configured LLM (raises :class:`LLMNotConfigured`);
     a path: a reply file; ``None``: the LLM if configured, else the planner.  ``cache`` (LLM sources only):
     ``None`` → :func:`default_cache_path`, ``False`` → no cache, else a path or a :class:`ReplyCache`.
+    ``timeout_s`` (LLM sources only): seconds one try of a request may take in all (``LLMConfig.timeout_s``;
+    ``None`` keeps the default).
     """
     if cache is None or cache is True:
         cache = default_cache_path()
     elif cache is False:
         cache = None
+    options: dict[str, Any] = {} if timeout_s is None else {"timeout_s": timeout_s}
     if source is not None and not isinstance(source, (str, Path)):
         return source, f"layout source: {source.name}"
     if source is None:
         try:
-            config = LLMConfig.from_env(model=model, base_url=base_url)
+            config = LLMConfig.from_env(model=model, base_url=base_url, **options)
         except LLMNotConfigured as e:
             return OfflinePlanner(), f"layout source: offline planner ({e})"
         llm = LLMLayoutSource(config, cache=cache)
@@ -343,7 +490,7 @@ def resolve_source(
     if str(source) == "planner":
         return OfflinePlanner(), "layout source: offline planner"
     if str(source) == "llm":
-        config = LLMConfig.from_env(model=model, base_url=base_url)
+        config = LLMConfig.from_env(model=model, base_url=base_url, **options)
         llm = LLMLayoutSource(config, cache=cache)
         return llm, f"layout source: {llm.name}"
     path = Path(source)
@@ -354,8 +501,8 @@ def resolve_source(
 
 
 __all__ = [
-    "DEFAULT_TEMPERATURE", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_RETRIES", "DEFAULT_PARSE_ATTEMPTS", "ENV_API_KEY",
-    "ENV_BASE_URL", "ENV_MODEL", "ENV_CACHE", "CacheCorruptError", "ReplyCache", "default_cache_path",
-    "LLMNotConfigured", "LLMRequestError", "redact_url", "LLMConfig", "llm_configured", "LLMLayoutSource",
-    "resolve_source",
+    "DEFAULT_TEMPERATURE", "DEFAULT_TIMEOUT_S", "DEFAULT_MAX_RETRIES", "DEFAULT_PARSE_ATTEMPTS", "MAX_BACKOFF_S",
+    "CACHE_LOCK_TIMEOUT_S", "ENV_API_KEY", "ENV_BASE_URL", "ENV_MODEL", "ENV_CACHE", "CacheCorruptError",
+    "ReplyCache", "default_cache_path", "LLMNotConfigured", "LLMRequestError", "redact_url", "LLMConfig",
+    "llm_configured", "LLMLayoutSource", "resolve_source",
 ]

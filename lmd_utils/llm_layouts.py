@@ -13,7 +13,9 @@ Four pieces, each usable alone:
 * **Parser** (:func:`parse_layout_reply`, :func:`reply_to_layout`): a small hand-written reader for the
   Python/JSON literal subset LLMs write (never ``eval``).  It tolerates code fences, prose around the answer, an
   ``Objects:`` prefix, JSON lists, ``{"name": ..., "bounding_box": ...}`` dicts, a missing/"None" negative
-  prompt and trailing commentary; anything else raises :class:`LayoutParseError`.
+  prompt and trailing commentary; anything else raises :class:`LayoutParseError`.  It reads a reply in time
+  linear in its length (no regex that backtracks, no repeated slicing) and refuses replies longer than
+  :data:`MAX_REPLY_CHARS`, so a runaway or hostile reply costs milliseconds, not minutes.
 * **Sources** of layouts, all with ``get_layout(prompt, sample=None) -> Layout`` (:class:`LayoutSource`):
   :class:`ReplyFileSource` (read-only replies in the authors' ``{prompt: [reply, ...]}`` format),
   :class:`ScriptedLayoutSource` (replies written in advance, an offline stand-in for an LLM), a live LLM
@@ -28,6 +30,7 @@ has, the parser reads that shape, and the sources and the dialog hand replies to
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from .data import DATA_DIR
-from .layout import Layout
+from .layout import Layout, quote, shorten
 
 TEMPLATE_VERSION = "v1"
 TEMPLATES_DIR = DATA_DIR / "templates"
@@ -147,15 +150,26 @@ class ParsedReply:
         return Layout.from_xywh_objects(self.objects, self.background, self.negative, prompt=prompt, meta=meta)
 
 
-_MAX_REPLY_CHARS = 200_000
+#: Longest reply the parser reads.  A layout of :data:`~lmd_utils.layout.MAX_BOXES` boxes with prose around it
+#: takes under 2,000 characters; the limit leaves room for chatty LLMs and bounds the parser's work.
+MAX_REPLY_CHARS = 20_000
 _MAX_DEPTH = 16
 _MAX_CANDIDATES = 64
+#: The '['/'{' tried as the start of the list may read, together, this many times the reply's length: a bound on
+#: the work when every candidate reads to the end of the reply (brackets inside a long unterminated string).
+_READ_BUDGET = 4
 _LABEL = r"^[ \t>*_#-]*{}[ \t*_]*:[ \t*_]*"
 _OBJECTS_RE = re.compile(_LABEL.format(r"objects?"), re.I | re.M)
 _BACKGROUND_RE = re.compile(_LABEL.format(r"background(?:[ _]prompt)?") + r"(?P<value>[^\n]*)", re.I | re.M)
 _NEGATIVE_RE = re.compile(_LABEL.format(r"negative(?:[ _]prompt)?") + r"(?P<value>[^\n]*)", re.I | re.M)
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+#: One way only to read each number (``\d+\.?\d*`` had many ways to split a digit run, and ``fullmatch`` on
+#: 16,000 digits followed by a letter tried them all, quadratic: 9 to 12 s).
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _WORD_RE = re.compile(r"[A-Za-z_]\w*")
+_BLANKS_RE = re.compile(r"\s*")
+_OPENER_RE = re.compile(r"[\[{]")
+#: Where a string's scan stops: its quote or a backslash (everything between is copied in one slice).
+_STRING_STOP_RE = {"'": re.compile(r"['\\]"), '"': re.compile(r'["\\]')}
 _EMPTY_WORDS = {"", "none", "n/a", "na", "null", "nothing", "no", "-", "empty"}
 _NAME_KEYS = ("name", "caption", "object", "label", "phrase", "description")
 _BOX_KEYS = ("bounding_box", "boundingbox", "box", "bbox", "xywh", "coordinates")
@@ -174,17 +188,21 @@ class _LiteralReader:
 
     A quote closes a string only when the next non-blank character ends the item (``, ) ] } :``) or the text
     ends, so captions such as ``'a man's hat'`` survive.  Nesting is limited to keep errors cheap.
+    ``reach`` is the farthest position looked at: one read costs time proportional to ``reach - start``.
     """
 
     _CLOSERS = {"[": "]", "(": ")", "{": "}"}
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.reach = 0
+
+    def _seen(self, pos: int) -> int:
+        self.reach = max(self.reach, pos)
+        return pos
 
     def skip_blanks(self, pos: int) -> int:
-        while pos < len(self.text) and self.text[pos].isspace():
-            pos += 1
-        return pos
+        return self._seen(_BLANKS_RE.match(self.text, pos).end())
 
     def read(self, pos: int, depth: int = 0) -> tuple[Any, int]:
         """The value starting at ``pos`` (after blanks) and the position just after it."""
@@ -202,13 +220,15 @@ class _LiteralReader:
             return self._read_string(pos)
         m = _NUMBER_RE.match(self.text, pos)
         if m:
-            return float(m.group()), m.end()
+            return float(m.group()), self._seen(m.end())
         m = _WORD_RE.match(self.text, pos)
+        if m:
+            self._seen(m.end())
         if m and m.group().lower() in ("none", "null"):
             return None, m.end()
         if m and m.group().lower() in ("true", "false"):
             return m.group().lower() == "true", m.end()
-        raise _Syntax(pos, f"unexpected {self.text[pos:pos + 12]!r}")
+        raise _Syntax(pos, f"unexpected {quote(self.text[pos:pos + 12])}")
 
     def _read_sequence(self, pos: int, depth: int) -> tuple[Any, int]:
         opener = self.text[pos]
@@ -234,7 +254,7 @@ class _LiteralReader:
                 return items, pos + 1
             m = _WORD_RE.match(self.text, pos)
             if m:  # a bare key, as in JavaScript
-                key, pos = m.group(), m.end()
+                key, pos = m.group(), self._seen(m.end())
             else:
                 key, pos = self.read(pos, depth + 1)
                 if not isinstance(key, str):
@@ -250,22 +270,32 @@ class _LiteralReader:
                 raise _Syntax(pos, "expected ',' or '}'")
 
     def _read_string(self, pos: int) -> tuple[str, int]:
-        quote, start = self.text[pos], pos
+        """Jumps from one quote or backslash to the next (a regex search), copying the text between in one
+        slice: linear in the string's length, even for ``'a' 'b' 'c' ...`` or a run of backslashes."""
+        quote_char, start = self.text[pos], pos
+        stop = _STRING_STOP_RE[quote_char]
         out: list[str] = []
         pos += 1
-        while pos < len(self.text):
-            c = self.text[pos]
-            if c == "\\" and pos + 1 < len(self.text):
+        while True:
+            m = stop.search(self.text, pos)
+            if m is None:
+                self._seen(len(self.text))
+                raise _Syntax(start, "unterminated string")
+            out.append(self.text[pos:m.start()])
+            pos = self._seen(m.start())
+            if self.text[pos] == "\\":
+                if pos + 1 >= len(self.text):  # a lone backslash at the very end
+                    out.append("\\")
+                    pos += 1
+                    continue
                 char, pos = self._escape(pos + 1)
                 out.append(char)
                 continue
-            if c == quote:
-                after = self.skip_blanks(pos + 1)
-                if after >= len(self.text) or self.text[after] in ",)]}:":
-                    return "".join(out), pos + 1
-            out.append(c)
+            after = self.skip_blanks(pos + 1)
+            if after >= len(self.text) or self.text[after] in ",)]}:":
+                return "".join(out), pos + 1
+            out.append(quote_char)
             pos += 1
-        raise _Syntax(start, "unterminated string")
 
     def _escape(self, pos: int) -> tuple[str, int]:
         """The character of the escape whose letter is at ``pos`` (Python/JSON escapes); unknown ones stay."""
@@ -287,17 +317,17 @@ class _LiteralReader:
 
 
 def _excerpt(text: str, pos: int = 0, width: int = 60) -> str:
-    """A short quote of ``text`` around ``pos`` for error messages."""
+    """A short quote of ``text`` around ``pos`` for error messages (at most ``width + 2`` characters)."""
     lo = max(pos - width // 2, 0)
-    snippet = text[lo:lo + width]
-    return ("…" if lo else "") + repr(snippet)[1:-1] + ("…" if lo + width < len(text) else "")
+    snippet = shorten(repr(text[lo:lo + width])[1:-1], width)  # repr may lengthen it (\x00 → 4 characters)
+    return ("…" if lo else "") + snippet + ("…" if lo + width < len(text) else "")
 
 
 def _as_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(f"{quote(value)} is not a number")
     if isinstance(value, str) and not _NUMBER_RE.fullmatch(value.strip()):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(f"{quote(value)} is not a number")
     return float(value)
 
 
@@ -307,9 +337,9 @@ def _as_box(value: Any) -> list[float]:
         try:
             value = [keys["x"], keys["y"], keys.get("w", keys.get("width")), keys.get("h", keys.get("height"))]
         except KeyError as e:
-            raise ValueError(f"box {value!r} lacks {e}") from None
+            raise ValueError(f"box {quote(value)} lacks {e}") from None
     if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise ValueError(f"box {value!r} is not [x, y, w, h]")
+        raise ValueError(f"box {quote(value)} is not [x, y, w, h]")
     return [_as_number(v) for v in value]
 
 
@@ -320,13 +350,13 @@ def _as_object(item: Any) -> tuple[str, list[float]]:
         name = next((keys[k] for k in _NAME_KEYS if k in keys), None)
         box = next((keys[k] for k in _BOX_KEYS if k in keys), None)
         if not isinstance(name, str) or box is None:
-            raise ValueError(f"object {item!r} needs a name and a bounding_box")
+            raise ValueError(f"object {quote(item)} needs a name and a bounding_box")
         return name, _as_box(box)
     if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str):
         return item[0], _as_box(item[1])
     if isinstance(item, (list, tuple)) and len(item) == 5 and isinstance(item[0], str):
         return item[0], _as_box(item[1:])
-    raise ValueError(f"{item!r} is not ('caption', [x, y, w, h])")
+    raise ValueError(f"{quote(item)} is not ('caption', [x, y, w, h])")
 
 
 def _as_objects(value: Any) -> tuple[list[tuple[str, list[float]]], dict[str, Any]]:
@@ -362,32 +392,41 @@ def parse_layout_reply(text: str) -> ParsedReply:
     """
     if not isinstance(text, str):
         raise TypeError(f"an LLM reply must be a string, not {type(text).__name__}")
-    if len(text) > _MAX_REPLY_CHARS:
-        raise LayoutParseError(f"reply of {len(text)} characters is too long to be a layout: {_excerpt(text)}")
+    if len(text) > MAX_REPLY_CHARS:
+        raise LayoutParseError(f"reply too long to be a layout: {len(text)} characters, the limit is "
+                               f"MAX_REPLY_CHARS = {MAX_REPLY_CHARS}; it starts: {_excerpt(text)}")
 
     # The list starts after an "Objects:" label if there is one; prose may hold other brackets, so try each
-    # '[' / '{' in turn and take the first that reads as a list of objects.
+    # '[' / '{' in turn and take the first that reads as a list of objects.  The tries share a budget of
+    # characters read, so that the parse stays linear in the reply's length.
     label = _OBJECTS_RE.search(text)
     start = label.end() if label else 0
     reader = _LiteralReader(text)
     first_problem: tuple[int, str] | None = None
-    candidates = [m.start() for m in re.finditer(r"[\[{]", text[start:])][:_MAX_CANDIDATES]
-    for offset in candidates:
-        pos = start + offset
+    found: tuple[list[tuple[str, list[float]]], dict[str, Any]] | None = None
+    budget, spent = _READ_BUDGET * len(text), 0
+    for m in itertools.islice(_OPENER_RE.finditer(text, start), _MAX_CANDIDATES):
+        pos = m.start()
+        if spent > budget:
+            first_problem = first_problem or (pos, "gave up: the tries read the reply over and over")
+            break
+        reader.reach = pos
         try:
             value, _ = reader.read(pos)
         except _Syntax as e:
             first_problem = first_problem or (e.pos, f"cannot read a literal: {e}")
             continue
+        finally:
+            spent += reader.reach - pos + 1
         try:
-            objects, extras = _as_objects(value)
+            found = _as_objects(value)
+            break
         except ValueError as e:
             first_problem = first_problem or (pos, str(e))
-            continue
-        break
-    else:
+    if found is None:
         where, why = first_problem or (start, "no '[' starts a list of objects")
         raise LayoutParseError(f"no layout in the reply ({why}) near: {_excerpt(text, where)}")
+    objects, extras = found
 
     bg_match, neg_match = _BACKGROUND_RE.search(text), _NEGATIVE_RE.search(text)
     background: str | None = _clean_prompt(bg_match["value"]) if bg_match else None
@@ -480,9 +519,9 @@ class ReplyFileSource:
         k = self._counter.next(prompt, sample)
         replies = self.replies.get(prompt)
         if replies is None:
-            raise MissingReplyError(f"{self.name} has no reply for {prompt!r}")
+            raise MissingReplyError(f"{self.name} has no reply for {quote(prompt)}")
         if k >= len(replies):
-            raise MissingReplyError(f"{self.name} has {len(replies)} replies for {prompt!r}; sample {k} asked")
+            raise MissingReplyError(f"{self.name} has {len(replies)} replies for {quote(prompt)}; sample {k} asked")
         return replies[k]
 
     def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
@@ -594,7 +633,7 @@ class LayoutSession:
 
 __all__ = [
     "TEMPLATE_VERSION", "LayoutTemplate", "load_template", "show_template", "caption_turn", "follow_up_turn",
-    "format_layout_reply", "layout_to_reply", "LayoutParseError", "ParsedReply", "parse_layout_reply",
-    "reply_to_layout", "scoring_objects", "LayoutSource", "MissingReplyError", "ReplyFileSource",
+    "format_layout_reply", "layout_to_reply", "LayoutParseError", "MAX_REPLY_CHARS", "ParsedReply",
+    "parse_layout_reply", "reply_to_layout", "scoring_objects", "LayoutSource", "MissingReplyError", "ReplyFileSource",
     "ScriptedLayoutSource", "LayoutSession",
 ]

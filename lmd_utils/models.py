@@ -21,17 +21,34 @@ assuming a VAE, 8× down-sampling, 77 tokens or 768-d embeddings.  SDXL would ne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+import transformers.utils.logging as _transformers_logging
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops transformers' "`CLIPImageProcessor` requires torchvision ... falling back" notice, printed on every
+    import of diffusers where torchvision is absent; we never use those image processors (they belong to the
+    safety checker, which we do not load)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+for _handler in _transformers_logging.get_logger().handlers:
+    _handler.addFilter(_NoTorchvisionNotice())
+
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .data import DATA_DIR
-from .downloads import check_download
+from .downloads import DownloadNotAllowed, ModelLoadError, check_download, local_model_folder
 from .offline_tokenizer import build_clip_tokenizer, single_token_order
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -74,11 +91,16 @@ ENV_DEVICE = "LMD_DEVICE"
 
 
 # -- devices and loading ------------------------------------------------------------------------
+class DeviceNotAvailable(RuntimeError):
+    """The asked-for device (``cuda``, ``cuda:N``, ``mps``) does not exist on this machine."""
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """``preferred``, else ``$LMD_DEVICE``, else the first available of CUDA → Apple MPS → CPU.
 
-    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when the asked-for device is not available,
-    rather than silently falling back (a notebook that claims to use the GPU must use it).
+    Raises ``ValueError`` for an unknown name and :class:`DeviceNotAvailable` (a ``RuntimeError``) when the
+    asked-for device is not available, rather than silently falling back (a notebook that claims to use the GPU
+    must use it).
     """
     name = preferred or os.environ.get(ENV_DEVICE) or None
     if name is None:
@@ -89,14 +111,17 @@ def pick_device(preferred: str | None = None) -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but Apple MPS is not available here")
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"unknown device {name[:40]!r} (use cpu, cuda, cuda:N or mps)") from e
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or mps)")
+        raise ValueError(f"unsupported device {name[:40]!r} (use cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceNotAvailable(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceNotAvailable(f"device {name!r} asked for, but this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceNotAvailable(f"device {name!r} asked for, but Apple MPS is not available here")
     return device
 
 
@@ -126,14 +151,13 @@ def load_pipeline(model: str = DEFAULT_MODEL, device: torch.device | str | None 
                 f"the toy-world model is not at {TOYWORLD_MODEL_DIR}; train it first with the toy-world module "
                 "(lmd_utils/toyworld), which saves the pipeline there")
         pipe = _from_folder(TOYWORLD_MODEL_DIR, dtype)
-    elif Path(model).expanduser().is_dir():
-        pipe = _from_folder(Path(model).expanduser(), dtype)
+    elif (folder := local_model_folder(model)) is not None:
+        pipe = _from_folder(folder, dtype)
     else:
-        if model.startswith((".", "/", "~")) or model.count("/") > 1:  # a path, not an "owner/name" hub id
-            raise FileNotFoundError(f"no model folder at {model!r} (and it does not look like a hub id)")
         check_download(model, device)  # several GB: not onto a CPU unless $LMD_ALLOW_DOWNLOAD=1 (lmd_utils.downloads)
-        pipe = StableDiffusionPipeline.from_pretrained(model, **_dtype_kwarg(dtype), safety_checker=None,
-                                                       requires_safety_checker=False)
+        with _load_errors(model):
+            pipe = StableDiffusionPipeline.from_pretrained(model, **_dtype_kwarg(dtype), safety_checker=None,
+                                                           requires_safety_checker=False)
     pipe = pipe.to(device)  # loaded in ``dtype`` already (diffusers keeps any fp32-only modules in fp32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -146,15 +170,33 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if "_resolve_dtype" in vars(pipeline_utils) else {"torch_dtype": dtype}
 
 
+@contextmanager
+def _load_errors(model: Any):
+    """Turn diffusers' and transformers' many load failures (missing files, wrong configs, corrupt weights)
+    into one :class:`ModelLoadError` that names the model."""
+    try:
+        yield
+    except (DownloadNotAllowed, ModelLoadError):
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, json.JSONDecodeError) as e:
+        detail = " ".join(str(e).split())[:200]
+        raise ModelLoadError(f"cannot load a Stable Diffusion pipeline from {str(model)!r}: "
+                             f"{type(e).__name__}: {detail}") from e
+
+
 def _from_folder(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
-    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").exists() else {}
+    with _load_errors(folder):
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        if not isinstance(index, dict):
+            raise ValueError("model_index.json is not a JSON object")
     if "XL" in str(index.get("_class_name", "")):
-        raise NotImplementedError(f"{folder} is an SDXL pipeline; only SD 1.x/2.x-style pipelines are supported")
+        raise ModelLoadError(f"{folder} is an SDXL pipeline; only SD 1.x/2.x-style pipelines are supported")
     kwargs = dict(**_dtype_kwarg(dtype), safety_checker=None, requires_safety_checker=False)
     vae_entry = index.get("vae")
     if "vae" not in index or not vae_entry or vae_entry[0] is None:  # pixel-space model (the toy world)
         kwargs["vae"] = None
-    return StableDiffusionPipeline.from_pretrained(folder, **kwargs)
+    with _load_errors(folder):
+        return StableDiffusionPipeline.from_pretrained(folder, **kwargs)
 
 
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 32, vocabulary: Sequence[str] = TINY_VOCABULARY,
@@ -236,6 +278,17 @@ def model_dtype(pipe) -> torch.dtype:
     return pipe.unet.dtype
 
 
+#: Seeds a torch generator takes: 0 .. 2**64 - 1.
+MAX_SEED = 2 ** 64 - 1
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` if it is an int in ``0 .. MAX_SEED`` (what :class:`torch.Generator` takes), else ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"a seed must be an integer from 0 to 2**64-1, not {str(seed)[:40]}")
+    return seed
+
+
 def initial_noise(pipe, batch: int, height: int, width: int, seed: int | Sequence[int],
                   device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Unit Gaussian x_T of :func:`latent_shape`, reproducible on every device.
@@ -247,6 +300,8 @@ def initial_noise(pipe, batch: int, height: int, width: int, seed: int | Sequenc
     The scheduler's ``init_noise_sigma`` is applied by :func:`~lmd_utils.sampling.denoise`, as in diffusers.
     """
     shape = latent_shape(pipe, height, width, batch)
+    for s in seed if isinstance(seed, Sequence) else [seed]:
+        check_seed(int(s) if hasattr(s, "__index__") and not isinstance(s, bool) else s)
     if isinstance(seed, int):
         noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
     else:

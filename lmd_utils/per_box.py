@@ -92,7 +92,8 @@ def plan_per_box(layout: Layout, seed: int, placement: Placement = "authors", fl
     """
     negative = join_phrases(layout.negative, negative_prompt)
     if box_seed_start is None:
-        seeds = [seed + box_seed_offset + i for i in range(len(layout.boxes))]
+        # modulo 2**64 so that the largest seeds a generator takes still work (box seeds wrap around)
+        seeds = [(seed + box_seed_offset + i) % 2 ** 64 for i in range(len(layout.boxes))]
     else:
         seeds = [s + 12345 if s == seed else s for s in (box_seed_start + i for i in range(len(layout.boxes)))]
     return PerBoxPlan(
@@ -133,6 +134,20 @@ class PerBoxResult:
         raise IndexError(f"no box {box}")
 
 
+def per_box_token_targets(tokenizer, layout: Layout, plan: PerBoxPlan,
+                          skip_articles: bool = False) -> tuple[list[ImageTargets], list[int]]:
+    """Per box, the energy target (its caption's tokens in its prompt, on its generation box) and the token of
+    its object word.  Raises ``ValueError`` when a caption's words are not within the text encoder's tokens."""
+    background_end = len(layout.background.strip().rstrip("."))  # the caption's tokens come after this
+    targets, word_tokens = [], []
+    for prompt, box, caption in zip(plan.prompts, plan.generation_boxes, (b.phrase for b in layout.boxes)):
+        targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(
+            tokenizer, prompt, caption, box, start=background_end, skip_articles=skip_articles),)))
+        word_tokens.append(word_token_indices(tokenizer, prompt, caption, start=background_end,
+                                              last_token_only=True)[0])
+    return targets, word_tokens
+
+
 def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise: torch.Tensor,
                 progress: bool = True) -> PerBoxResult:
     """Generate every box alone, guided into its generation box; keep latents and the object word's attention.
@@ -155,14 +170,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     start = blend_box_noise(shared_noise, box_noise, gen_masks, config.noise_blend_ratio)
 
     # 2. each box's energy targets (its caption's tokens) and its object word's token
-    tokenizer = pipe.tokenizer
-    background_end = len(layout.background.strip().rstrip("."))  # the caption's tokens come after this
-    targets, word_tokens = [], []
-    for prompt, box, caption in zip(plan.prompts, plan.generation_boxes, (b.phrase for b in layout.boxes)):
-        targets.append(ImageTargets(objects=(ObjectTarget.for_phrase(
-            tokenizer, prompt, caption, box, start=background_end, skip_articles=guidance_cfg.skip_articles),)))
-        word_tokens.append(word_token_indices(tokenizer, prompt, caption, start=background_end,
-                                              last_token_only=True)[0])
+    targets, word_tokens = per_box_token_targets(pipe.tokenizer, layout, plan, guidance_cfg.skip_articles)
 
     # 3. which attention to keep: the mask layers from mask_start_step on, the guidance layers on the steps the
     #    composed pass will transfer

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .composition import (AlignedObject, FrozenForeground, align_objects, compose_trajectory, composed_pass_guidance,
-                          frozen_step_count, overall_prompt_for)
+                          frozen_step_count, overall_prompt_for, overall_token_targets)
 from .config import LMDConfig
 from .grammar import join_phrases
-from .layout import Layout
+from .layout import Layout, LayoutError
 from .masks import ObjectMask, extract_object_masks
 from .models import decode_latents, encode_prompts, initial_noise, to_pil
-from .per_box import PerBoxResult, run_per_box
+from .per_box import PerBoxResult, per_box_token_targets, plan_per_box, run_per_box
 from .sam import SamBackend
 from .sampling import BoxGuidance, denoise
 
@@ -84,7 +84,7 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     (e.g. "a scene without cats") is plain sampling of its background prompt with its negative prompt.
     """
     config = config or LMDConfig.for_pipe(pipe)
-    layout = configured_layout(layout, config)
+    layout = check_layout(pipe, layout, config)  # a LayoutError now, not after minutes of per-box generation
     negative = join_phrases(layout.negative, config.overall_negative_prompt)
     clock = _Clock()
 
@@ -130,6 +130,27 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     return LMDResult(image, layout, seed, config, prompt, negative, "lmd", per_box=per_box, masks=masks,
                      aligned=aligned, union_mask=union, composed_latents=composed,
                      overall_latents=overall.latents_history, overall_guidance=guidance, timings=clock.done())
+
+
+def check_layout(pipe, layout: Layout, config: LMDConfig | None = None) -> Layout:
+    """``layout`` as :func:`generate` will run it (:func:`configured_layout`), or :class:`~lmd_utils.layout.LayoutError`
+    if stage 2 cannot run it with ``pipe``: boxes outside the canvas, a caption without a word, too many boxes
+    (:meth:`Layout.validate <lmd_utils.layout.Layout.validate>`), or a caption whose words fall past the text
+    encoder's token limit in its per-box or overall prompt (e.g. a very long background).  Cheap (tokenizer only):
+    a layout source runs it before caching an LLM reply, so a reply stage 2 cannot use is asked again."""
+    config = config or LMDConfig.for_pipe(pipe)
+    layout.validate()
+    layout = configured_layout(layout, config)
+    if not layout.boxes:
+        return layout
+    try:
+        plan = plan_per_box(layout, 0, config.placement, config.floor_padding, config.per_box_negative_prompt)
+        per_box_token_targets(pipe.tokenizer, layout, plan, config.per_box_guidance.skip_articles)
+        prompt, background_end = overall_prompt_for(layout, config.overall_prompt, pipe.tokenizer)
+        overall_token_targets(pipe.tokenizer, layout, prompt, background_end, config.overall_guidance.skip_articles)
+    except ValueError as e:
+        raise LayoutError(f"stage 2 cannot run this layout: {' '.join(str(e).split())[:300]}") from e
+    return layout
 
 
 def configured_layout(layout: Layout, config: LMDConfig) -> Layout:

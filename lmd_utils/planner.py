@@ -15,7 +15,12 @@ benchmark prompts and the toy world's captions:
 * a trailing setting "on/in/at/near a table" → ``background = "a table"`` (our choice: a surface or place is
   scenery the diffusion model draws as background, not an object instance); otherwise "A realistic scene".
 
-Each object *instance* gets one box captioned ``"a/an <attributes> <singular noun>"`` (paper rule 1).
+Prompts longer than :data:`MAX_PROMPT_CHARS` raise :class:`~lmd_utils.layout.LayoutError`; shorter ones are read in
+time linear in their length (no regex that scans to the end from every word).
+
+Each object *instance* gets one box captioned ``"a/an <attributes> <singular noun>"`` (paper rule 1), up to
+:data:`~lmd_utils.layout.MAX_BOXES` boxes in all: larger counts ("100000000 cats") are capped right after parsing,
+before any placement work, with one :class:`~lmd_utils.layout.LayoutWarning` (:func:`cap_counts`).
 Placement: the canvas is cut into rows (top / middle / bottom) and each row into cells per object group
 (left / unplaced / right), cell widths proportional to the instance counts; the instances of a group then sit
 on a small grid inside their cell, so boxes never overlap and their shapes vary with the count.
@@ -25,15 +30,22 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 from .grammar import NUMBER_WORDS, is_plural, singularize, with_article
-from .layout import CANVAS_SIZE, DEFAULT_BACKGROUND, Layout
+from .layout import CANVAS_SIZE, DEFAULT_BACKGROUND, MAX_BOXES, Layout, LayoutError, LayoutWarning, quote, shorten
 
 SOURCE_NAME = "offline planner"
 
 #: Instances drawn for a bare plural ("apples on a table").
 BARE_PLURAL_COUNT = 3
+#: A count written with 10 digits or more reads as this: far past :data:`MAX_BOXES`, and ``int()`` refuses
+#: strings of over 4,300 digits, so we never convert the whole digit run.
+HUGE_COUNT = 10**9
+#: Longest prompt the planner reads: its grammar is one sentence, and the text encoder reads 77 tokens anyway.
+MAX_PROMPT_CHARS = 2_000
 _POSITIONS = ("left", "right", "top", "bottom", "middle", "center", "centre")
 
 _PREFIX_RE = re.compile(
@@ -53,6 +65,8 @@ _SETTING_RE = re.compile(
     r"(?:(?!\s+and\s)[^,])+)$",
     re.I,
 )
+#: Where a setting cannot reach back past: a comma, or an " and " (less the 12 characters of " inside the ").
+_CLAUSE_END_RE = re.compile(r",|\s+and\s", re.I)
 _POSITION_RE = re.compile(
     r"\s+(?:on|at|in|to)\s+the\s+(?P<pos>" + "|".join(_POSITIONS) + r")(?:\s+side)?(?:\s+of\s+the\s+\w+)?$",
     re.I,
@@ -87,6 +101,8 @@ class ParsedPrompt:
     groups: tuple[ObjectGroup, ...]
     background: str
     negative: str
+    #: Repairs made while reading the prompt (the counts capped), also raised as :class:`LayoutWarning`.
+    notes: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -118,8 +134,8 @@ def _parse_group(phrase: str, position: str | None) -> ObjectGroup | None:
         if len(words) > n_words and key in NUMBER_WORDS:
             count, words = NUMBER_WORDS[key], words[n_words:]
             break
-    if count is None and lowered[0].isdigit():
-        count, words = (int(lowered[0]), words[1:]) if len(words) > 1 else (1, words)
+    if count is None and lowered[0].isdecimal():  # not isdigit(): "²" is a digit that int() refuses
+        count, words = (_digit_count(lowered[0]), words[1:]) if len(words) > 1 else (1, words)
     if lowered[0] == "the" and len(words) > 1 and count is None:
         words = words[1:]
     head = words[words.index("of") - 1] if "of" in words[1:] else words[-1]  # "cups of tea": "cups"
@@ -130,6 +146,36 @@ def _parse_group(phrase: str, position: str | None) -> ObjectGroup | None:
         return None
     noun = _singular_phrase(words) if plural or count > 1 else " ".join(words)
     return ObjectGroup(with_article(noun.lower()), count, position)
+
+
+def _digit_count(token: str) -> int:
+    """A count written in digits; 10 digits or more read as :data:`HUGE_COUNT` (capped later anyway)."""
+    return int(token) if len(token) < 10 else HUGE_COUNT
+
+
+def cap_counts(groups: Sequence[ObjectGroup], max_boxes: int = MAX_BOXES
+               ) -> tuple[tuple[ObjectGroup, ...], str | None]:
+    """Groups asking for ``max_boxes`` instances at most in all, and a note saying what was cut (else ``None``).
+
+    Boxes are dealt out one per group in turn, so every group keeps a box while there are boxes left:
+    "100 dogs and 3 cats" keeps 5 dogs and 3 cats.  The work depends on ``max_boxes`` and the number of groups,
+    never on the counts, so "100000000 cats" costs what "eight cats" does.
+    """
+    total = sum(max(min(g.count, HUGE_COUNT), 0) for g in groups)
+    if total <= max_boxes:
+        return tuple(groups), None
+    counts, left = [0] * len(groups), max_boxes
+    while left:
+        for i, g in enumerate(groups):
+            if left and counts[i] < g.count:
+                counts[i] += 1
+                left -= 1
+    kept = tuple(replace(g, count=n) for g, n in zip(groups, counts) if n)
+    asked = "over a billion" if total >= HUGE_COUNT else str(total)
+    summary = shorten(", ".join(f"{g.count} × {g.caption!r}" for g in kept), 120)
+    note = (f"capped the count: the prompt asks for {asked} objects in {len(groups)} group(s), "
+            f"at most {max_boxes} boxes are drawn (MAX_BOXES); kept {summary}")
+    return kept, note
 
 
 def _split_objects(body: str) -> list[tuple[str, str | None]]:
@@ -146,8 +192,27 @@ def _split_objects(body: str) -> list[tuple[str, str | None]]:
     return out
 
 
+def _find_setting(text: str) -> re.Match[str] | None:
+    """``_SETTING_RE.search(text)`` in linear time.
+
+    A setting runs to the end of the text without a comma or an " and ", so it starts in the last clause (its
+    "inside the " may reach 12 characters back over an " and ").  Searching the whole text would scan from every
+    "in a" to the end and back: quadratic, 2 minutes for 100 KB of "in a in a ...".
+    """
+    ends = [(m.start() + 1 if m.group() == "," else m.start() - 12) for m in _CLAUSE_END_RE.finditer(text)]
+    return _SETTING_RE.search(text, max(ends + [0]))
+
+
 def parse_prompt(prompt: str) -> ParsedPrompt:
-    """Understand ``prompt`` with the planner's grammar (see the module docstring)."""
+    """Understand ``prompt`` with the planner's grammar (see the module docstring).
+
+    Counts past :data:`MAX_BOXES` in all are capped here (:func:`cap_counts`), with one :class:`LayoutWarning`.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a str, not {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise LayoutError(f"prompt too long for the offline planner: {len(prompt)} characters, the limit is "
+                          f"MAX_PROMPT_CHARS = {MAX_PROMPT_CHARS}; it starts: {quote(prompt, 60)}")
     text = " ".join(prompt.strip().rstrip(".!").split())
     text = _PREFIX_RE.sub("", text, count=1)
     negative = ""
@@ -157,13 +222,16 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         text = text[: m.start()]
     text = _WITH_RE.sub("", text, count=1).strip(" ,")
     background = DEFAULT_BACKGROUND
-    m = _SETTING_RE.search(text)
+    m = _find_setting(text)
     if m:
         background, text = m["bg"].strip(), text[: m.start()]
     groups = [g for phrase, pos in _split_objects(text) if (g := _parse_group(phrase, pos)) is not None]
     if len(groups) == 1 and groups[0].caption in ("a scene", "an image", "a picture"):
         groups = []  # "A realistic photo of a scene" alone has no objects
-    return ParsedPrompt(tuple(groups), background, negative)
+    capped, note = cap_counts(groups)
+    if note:
+        warnings.warn(note, LayoutWarning, stacklevel=2)
+    return ParsedPrompt(capped, background, negative, notes=(note,) if note else ())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -206,7 +274,14 @@ def _instance_boxes(count: int, x: float, y: float, w: float, h: float) -> list[
 
 def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: int = CANVAS_SIZE
                  ) -> list[tuple[str, list[int]]]:
-    """Boxes for object groups: rows by top/bottom, cells in a row by left/right, a grid of instances per cell."""
+    """Boxes for object groups: rows by top/bottom, cells in a row by left/right, a grid of instances per cell.
+
+    Groups asking for more than :data:`MAX_BOXES` instances in all are capped first (:func:`cap_counts`, with a
+    :class:`LayoutWarning`), so a huge count never reaches the placement loops.
+    """
+    groups, note = cap_counts(groups)
+    if note:
+        warnings.warn(note, LayoutWarning, stacklevel=2)
     rows: dict[int, list[ObjectGroup]] = {}
     for g in groups:
         rows.setdefault(_ROW_OF.get(g.position or "", 1), []).append(g)
@@ -236,9 +311,11 @@ def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: in
 def plan_layout(prompt: str) -> Layout:
     """The planner's layout for ``prompt``; ``meta["source"] == "offline planner"``."""
     parsed = parse_prompt(prompt)
+    meta: dict = {"source": SOURCE_NAME}
+    if parsed.notes:
+        meta["warnings"] = list(parsed.notes)
     return Layout.from_xywh_objects(
-        place_groups(parsed.groups), parsed.background, parsed.negative, prompt=prompt,
-        meta={"source": SOURCE_NAME},
+        place_groups(parsed.groups), parsed.background, parsed.negative, prompt=prompt, meta=meta,
     )
 
 
@@ -255,5 +332,5 @@ class OfflinePlanner:
         return plan_layout(prompt)
 
 
-__all__ = ["OfflinePlanner", "plan_layout", "parse_prompt", "place_groups", "ObjectGroup", "ParsedPrompt",
-           "SOURCE_NAME"]
+__all__ = ["OfflinePlanner", "plan_layout", "parse_prompt", "place_groups", "cap_counts", "ObjectGroup",
+           "ParsedPrompt", "SOURCE_NAME", "BARE_PLURAL_COUNT", "HUGE_COUNT", "MAX_PROMPT_CHARS"]

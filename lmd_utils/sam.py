@@ -13,6 +13,8 @@ y down, the pixel grid's top-left corner at ``(0, 0)``).
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -159,11 +161,22 @@ class SegmentAnythingSam:
     def from_checkpoint(
         cls, checkpoint: str, model_type: str = "vit_b", device: torch.device | str | None = None
     ) -> "SegmentAnythingSam":
-        """``sam_model_registry[model_type](checkpoint=checkpoint)``; ``model_type`` in vit_b / vit_l / vit_h."""
+        """``sam_model_registry[model_type]()`` with the weights of ``checkpoint``; ``model_type`` in vit_b / vit_l /
+        vit_h.  The file is read with ``torch.load(weights_only=True)`` (tensors only: a ``.pth`` from elsewhere
+        cannot run code, whatever the torch version; segment-anything's own loader unpickles on older torch)."""
         sa = import_segment_anything()
         if model_type not in sa.sam_model_registry:
             raise ValueError(f"unknown SAM model type {model_type!r}; one of {sorted(sa.sam_model_registry)}")
-        sam = sa.sam_model_registry[model_type](checkpoint=checkpoint)
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"no SAM checkpoint at {str(checkpoint)[:120]!r}")
+        sam = sa.sam_model_registry[model_type](checkpoint=None)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+            sam.load_state_dict(state)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+            detail = " ".join(str(e).split())[:200]
+            raise ValueError(f"{str(checkpoint)[:120]!r} is not a {model_type} segment-anything checkpoint of "
+                             f"plain tensors ({type(e).__name__}: {detail})") from e
         if device is not None:
             sam.to(device)
         return cls.from_model(sam)

@@ -1,10 +1,11 @@
 """A real HTTP server on 127.0.0.1 that speaks OpenAI's chat-completions protocol, for tests.
 
 ``POST /v1/chat/completions`` answers with ``{"choices": [{"message": {"content": ...}}], "usage": ...}``.
-What it answers is scripted: queue :class:`Reply` (optionally after a delay, to provoke client timeouts) and
-:class:`HTTPError` actions; when the queue is empty it replays recorded replies per caption (the k-th request
-for a caption gets the k-th recorded reply), else answers HTTP 500.  Every request body and its
-``Authorization`` header are recorded in :attr:`FakeOpenAIServer.requests`.
+What it answers is scripted: queue :class:`Reply` (optionally after a delay, to provoke client timeouts),
+:class:`HTTPError`, and for fault tests :class:`Raw` (any status and body bytes, even cut short) and
+:class:`Dribble` (a completion sent one byte at a time) actions; when the queue is empty it replays recorded
+replies per caption (the k-th request for a caption gets the k-th recorded reply), else answers HTTP 500.
+Every request body and its ``Authorization`` header are recorded in :attr:`FakeOpenAIServer.requests`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Union
 
 
 @dataclass
@@ -36,6 +37,30 @@ class HTTPError:
 
 
 @dataclass
+class Raw:
+    """Answer with exactly these body bytes (need not be JSON, nor UTF-8); ``cut_after`` bytes, then hang up."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    cut_after: int | None = None
+
+
+@dataclass
+class Dribble:
+    """Answer a completion with ``content``, one byte every ``interval_s`` seconds: each read of the client
+    returns quickly, so only a deadline on the whole request stops it.  ``headers_too``: the status line and
+    headers dribble as well (else they are sent at once)."""
+
+    content: str
+    interval_s: float = 0.3
+    headers_too: bool = False
+
+
+Action = Union[Reply, HTTPError, Raw, Dribble]
+
+
+@dataclass
 class RecordedRequest:
     path: str
     body: dict[str, Any]
@@ -50,7 +75,7 @@ class FakeOpenAIServer:
     """Start with :meth:`start` (random port); ``base_url`` is ``http://127.0.0.1:PORT/v1``."""
 
     def __init__(self, recorded: dict[str, list[str]] | None = None, caption_prefix: str = "Caption: ") -> None:
-        self.script: deque[Reply | HTTPError] = deque()
+        self.script: deque[Action] = deque()
         self.recorded = recorded or {}
         self.caption_prefix = caption_prefix
         self.requests: list[RecordedRequest] = []
@@ -58,9 +83,10 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     # -- control --------------------------------------------------------------------------------------------
-    def queue(self, *actions: Reply | HTTPError) -> None:
+    def queue(self, *actions: Action) -> None:
         self.script.extend(actions)
 
     @property
@@ -85,10 +111,37 @@ class FakeOpenAIServer:
                         self._send(action.status, {"error": {"message": action.message, "type": "server_error"}},
                                    {"retry-after-ms": str(action.retry_after_ms)} if action.retry_after_ms else {})
                         return
-                    time.sleep(action.delay_s)
-                    self._send(200, server._completion(body, action.content))
+                    if isinstance(action, Raw):
+                        self._send_raw(action)
+                    elif isinstance(action, Dribble):
+                        self._dribble(action, json.dumps(server._completion(body, action.content)).encode())
+                    else:
+                        time.sleep(action.delay_s)
+                        self._send(200, server._completion(body, action.content))
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
                     pass
+
+            def _send_raw(self, action: Raw) -> None:
+                self.send_response(action.status)
+                self.send_header("Content-Type", action.content_type)
+                self.send_header("Content-Length", str(len(action.body)))
+                self.end_headers()
+                self.wfile.write(action.body[:action.cut_after])
+                if action.cut_after is not None:
+                    self.close_connection = True
+
+            def _dribble(self, action: Dribble, data: bytes) -> None:
+                head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}"
+                        f"\r\n\r\n").encode()
+                if not action.headers_too:
+                    self.wfile.write(head)
+                    head = b""
+                for byte in head + data:
+                    if server._stopped.wait(action.interval_s):  # the test is over
+                        break
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                self.close_connection = True
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode()
@@ -108,13 +161,14 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
 
     # -- behaviour ------------------------------------------------------------------------------------------
-    def _next_action(self, path: str, body: dict[str, Any], authorization: str | None) -> Reply | HTTPError:
+    def _next_action(self, path: str, body: dict[str, Any], authorization: str | None) -> Action:
         with self._lock:
             self.requests.append(RecordedRequest(path, body, authorization))
             if self.script:

@@ -270,7 +270,7 @@ def test_cli_stage2_end_to_end(tiny_toy_folder, tmp_path, capsys):
         assert sum(line.startswith(task) for line in lines) == 2
     saved = json.loads(out.read_text())
     assert saved["meta"]["n_per_task"] == 1 and saved["meta"]["steps"] == 3
-    assert cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method", "sd,dalle"]) == 1
+    assert cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method", "sd,dalle"]) == 2  # a usage error
     assert "error:" in capsys.readouterr().err
 
 

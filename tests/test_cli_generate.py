@@ -29,3 +29,26 @@ def test_generate_reports_a_missing_model_folder(tmp_path, capsys):
     rc = main(["generate", "a cat", "--model", str(tmp_path / "nowhere"), "--source", "planner",
                "--out", str(tmp_path / "x.png")])
     assert rc == 1 and "error:" in capsys.readouterr().err
+
+
+def test_generate_never_caches_a_reply_stage_2_cannot_run(openai_server, tmp_path, monkeypatch, capsys):
+    """A reply that parses but cannot run (its background pushes the caption past the text encoder's 77 tokens)
+    is answered with a reprompt and never cached; the reply that can run is (issue #12, cache poisoning)."""
+    from openai_server import Reply
+
+    monkeypatch.setenv("LMD_LLM_MODEL", "test-model")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.base_url)
+    too_long = " ".join(["a very long background"] * 30)
+    openai_server.queue(Reply(f"Objects: [('a cat', [10, 20, 200, 200])]\nBackground prompt: {too_long}\n"
+                              "Negative prompt:"))
+    openai_server.queue(Reply("Objects: [('a cat', [10, 20, 200, 200])]\nBackground prompt: A park\n"
+                              "Negative prompt:"))
+    cache = tmp_path / "cache.json"
+    args = ["generate", "a cat in a park", "--model", "tiny", "--steps", "2", "--out", str(tmp_path / "x.png"),
+            "--source", "llm", "--cache", str(cache)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["background"] == "A park"
+    assert len(openai_server.requests) == 2  # the reprompt
+    cached = json.dumps(json.loads(cache.read_text(encoding="utf-8")))
+    assert "A park" in cached and "a very long background" not in cached
+    assert main(args) == 0 and len(openai_server.requests) == 2  # the second run reads the cache

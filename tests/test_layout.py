@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from lmd_utils.layout import Box, Layout, LayoutWarning, draw_box
+from lmd_utils.layout import Box, Layout, LayoutError, LayoutWarning, draw_box
 
 
 def test_xywh_round_trip():
@@ -15,8 +15,9 @@ def test_xywh_round_trip():
 
 
 def test_zero_area_box_is_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(LayoutError, match="has no area"):  # a LayoutError is a ValueError
         Box("x", 0.2, 0.2, 0.2, 0.5)
+    assert issubclass(LayoutError, ValueError)
 
 
 def test_validation_drops_clips_and_caps():
@@ -34,6 +35,8 @@ def test_validation_drops_clips_and_caps():
     assert lay.boxes[0].bbox == pytest.approx((400 / 512, 400 / 512, 1.0, 1.0))
     assert lay.background == "A realistic scene" and lay.negative == ""
     assert len(lay.meta["warnings"]) == 5
+    assert lay.meta["warnings"][-1] == "dropped 1 box(es): more than 2 boxes ('a car')"
+    lay.validate()
 
 
 def test_valid_layout_raises_no_warning():

@@ -10,6 +10,7 @@ import pytest
 
 from lmd_utils.layout import LayoutWarning
 from lmd_utils.llm_layouts import (
+    MAX_REPLY_CHARS,
     TEMPLATE_VERSION,
     LayoutParseError,
     LayoutSession,
@@ -162,8 +163,10 @@ def test_long_garbage_is_rejected_quickly_with_a_short_message():
     with pytest.raises(LayoutParseError) as info:
         parse_layout_reply("['" + "[" * 50_000)
     assert len(str(info.value)) < 300
-    with pytest.raises(LayoutParseError, match="too long"):
+    with pytest.raises(LayoutParseError, match="too long") as info:
         parse_layout_reply("x" * 300_000)
+    assert "300000 characters" in str(info.value) and str(MAX_REPLY_CHARS) in str(info.value)
+    assert len(str(info.value)) < 300
     with pytest.raises(TypeError):
         parse_layout_reply(None)  # type: ignore[arg-type]
 

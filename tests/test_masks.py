@@ -490,3 +490,40 @@ def test_sam_rules_ours_by_default_and_the_authors_point_resize_iou_and_choice()
     assert torch.equal(via[0].latent_mask, theirs.latent_mask)
     with pytest.raises(ValueError):
         sam_refine_mask(_peak_map(), image, backend, latent_size=(8, 8), rules="theirs")
+
+
+class _Trap:
+    """Unpickling this runs code: it creates the file ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_segment_anything_checkpoints_are_read_as_tensors_only(tmp_path, monkeypatch):
+    import types
+
+    from lmd_utils import sam as sam_module
+
+    def build(checkpoint=None):
+        assert checkpoint is None  # never segment-anything's own loader, which unpickles on older torch
+        return torch.nn.Linear(2, 2)
+
+    registry = types.SimpleNamespace(sam_model_registry={"vit_b": build})
+    monkeypatch.setattr(sam_module, "import_segment_anything", lambda: registry)
+    monkeypatch.setattr(SegmentAnythingSam, "from_model", classmethod(lambda cls, model: model))
+    good = torch.nn.Linear(2, 2)
+    torch.save(good.state_dict(), tmp_path / "good.pth")
+    loaded = SegmentAnythingSam.from_checkpoint(str(tmp_path / "good.pth"))
+    assert torch.equal(loaded.weight, good.weight)
+    torch.save({"trap": _Trap(tmp_path / "ran")}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="not a vit_b segment-anything checkpoint of plain tensors"):
+        SegmentAnythingSam.from_checkpoint(str(tmp_path / "evil.pth"))
+    assert not (tmp_path / "ran").exists()
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        SegmentAnythingSam.from_checkpoint(str(tmp_path / "garbage.pth"))
+    with pytest.raises(FileNotFoundError):
+        SegmentAnythingSam.from_checkpoint(str(tmp_path / "missing.pth"))

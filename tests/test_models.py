@@ -140,3 +140,32 @@ def test_unavailable_or_unknown_device_is_an_error(no_accelerator):
         pick_device("gpu please")
     assert models.default_dtype(torch.device("cuda")) == torch.float16
     assert models.default_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_model_folders_that_hold_no_pipeline_are_typed_errors(tmp_path):
+    from lmd_utils.downloads import ModelLoadError
+    from lmd_utils.models import load_pipeline
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "index_only").mkdir()
+    (tmp_path / "index_only" / "model_index.json").write_text("{}")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model_index.json").write_text("[1")
+    (tmp_path / "file").write_text("x")
+    for name, match in [("empty", "no model_index.json"), ("index_only", "cannot load a Stable Diffusion"),
+                        ("broken", "JSONDecodeError"), ("file", "is a file")]:
+        with pytest.raises(ModelLoadError, match=match):
+            load_pipeline(str(tmp_path / name), device="cpu")
+    with pytest.raises(FileNotFoundError, match="does not look like a hub id"):
+        load_pipeline("not a hub id", device="cpu")
+
+
+def test_devices_this_machine_lacks_are_typed_errors():
+    from lmd_utils.models import DeviceNotAvailable
+
+    with pytest.raises(ValueError, match="unknown device"):
+        pick_device("bogus")
+    with pytest.raises(ValueError, match="unsupported device"):
+        pick_device("meta")
+    with pytest.raises(DeviceNotAvailable):
+        pick_device(f"cuda:{torch.cuda.device_count() + 3}")

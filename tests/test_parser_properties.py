@@ -85,6 +85,8 @@ def test_mutated_replies_raise_only_layout_parse_error(text):
             return
     assert isinstance(layout, Layout)
     assert all(0 <= b.x0 < b.x1 <= 1 and 0 <= b.y0 < b.y1 <= 1 for b in layout.boxes)
+    layout.validate()  # what the parser and the repairs produce, stage 2 accepts
+    json.loads(layout.to_json(), parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
 
 
 captions = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20).filter(

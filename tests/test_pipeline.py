@@ -197,3 +197,45 @@ def test_skip_articles_reaches_both_passes(pipe, layout, config, result):
     per_box = run_per_box(pipe, layout, 1, short, shared, progress=False)
     assert per_box.guidance[0].targets[0].objects[0].token_indices == tuple(
         phrase_token_indices(tok, prompt0, "a red cat", start=background_end, skip_articles=False))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# check_layout: a layout stage 2 cannot run is a LayoutError before any work (issue #12)
+# ----------------------------------------------------------------------------------------------------------------
+def test_check_layout_rejects_what_stage_2_cannot_run(pipe, config):
+    import time
+
+    from lmd_utils.layout import LayoutError
+    from lmd_utils.pipeline import check_layout
+
+    ok = Layout([Box("a red cat", 0.1, 0.1, 0.5, 0.5)], "a park")
+    assert check_layout(pipe, ok, config).phrases == ["a red cat"]
+    bad = {
+        "background past the text encoder's tokens": Layout([Box("a red cat", 0.1, 0.1, 0.5, 0.5)],
+                                                            " ".join(["a very long background"] * 30)),
+        "caption without a word": Layout([Box("...", 0.1, 0.1, 0.5, 0.5)], "a park"),
+        "empty caption": Layout([Box("", 0.1, 0.1, 0.5, 0.5)], "a park"),
+        "box outside the canvas": Layout([Box("a cat", 0.5, 0.5, 1.5, 0.9)], "a park"),
+        "too many boxes": Layout([Box("a cat", 0.1, 0.1, 0.2, 0.2)] * 9, "a park"),
+    }
+    for name, layout in bad.items():
+        start = time.perf_counter()
+        with pytest.raises(LayoutError):
+            generate(pipe, layout, seed=0, config=config, progress=False)  # generate checks first ...
+        assert time.perf_counter() - start < 1.0, name  # ... before any UNet call
+        with pytest.raises(LayoutError):
+            check_layout(pipe, layout, config)
+
+
+def test_largest_seed_runs(pipe, config):
+    from lmd_utils.models import MAX_SEED
+    from lmd_utils.per_box import plan_per_box
+
+    layout = Layout([Box("a cat", 0.1, 0.1, 0.5, 0.5), Box("a dog", 0.5, 0.5, 0.9, 0.9)], "a park")
+    assert plan_per_box(layout, MAX_SEED).seeds == [19, 20]  # box seeds wrap around 2**64
+    assert plan_per_box(layout, 5).seeds == [25, 26]  # and are unchanged below it
+    image = generate(pipe, layout, seed=MAX_SEED, config=config.with_steps(2), progress=False).image
+    assert torch.isfinite(image).all()
+    for seed in (-1, MAX_SEED + 1, 1.5):
+        with pytest.raises(ValueError, match="seed must be an integer from 0 to 2"):
+            initial_noise(pipe, 1, 64, 64, seed)

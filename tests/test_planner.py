@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from lmd_utils.benchmark import benchmark_prompts
+from lmd_utils.layout import LayoutWarning
 from lmd_utils.planner import (
     ObjectGroup,
     OfflinePlanner,
@@ -116,6 +117,14 @@ def test_parse_prompt_structure():
     parsed = parse_prompt("A realistic photo of a scene with a brown cup on the left and two cats on the right")
     assert parsed.groups == (ObjectGroup("a brown cup", 1, "left"), ObjectGroup("a cat", 2, "right"))
     assert parsed.background == "A realistic scene" and parsed.negative == ""
+
+
+def test_counts_past_max_boxes_are_capped_once_and_noted():
+    with pytest.warns(LayoutWarning, match="capped the count") as caught:
+        parsed = parse_prompt("100000000 cats and two dogs")
+    assert len(caught) == 1 and parsed.groups == (ObjectGroup("a cat", 6), ObjectGroup("a dog", 2))
+    assert parsed.notes == (str(caught[0].message),)
+    assert parse_prompt("two dogs").notes == ()
 
 
 def test_planner_is_deterministic_and_a_layout_source():

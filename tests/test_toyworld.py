@@ -217,8 +217,8 @@ def test_training_smoke_resume_equals_uninterrupted_and_export_reloads(tmp_path)
     with pytest.raises(SystemExit):  # refuses to overwrite a run without --resume
         main(["--steps", "3", "--out", str(tmp_path / "split"), *common])
     assert main(["--steps", "3", "--out", str(tmp_path / "split"), "--resume", *common]) == 0
-    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert straight["step"] == split["step"] == 3
     for name, value in straight["unet"].items():
         assert torch.allclose(value, split["unet"][name], atol=1e-6), name
@@ -244,5 +244,5 @@ def test_a_new_run_can_start_from_an_exported_model(tmp_path):
     common = ["--batch", "2", "--config", "tiny", "--sample-every", "0", "--seed", "1"]
     assert main(["--steps", "2", "--out", str(tmp_path / "a"), *common, "--export", str(tmp_path / "exported")]) == 0
     assert main(["--steps", "3", "--out", str(tmp_path / "b"), *common, "--init-from", str(tmp_path / "exported")]) == 0
-    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert state["step"] == 3  # continued from the exported step 2, one more step

@@ -399,7 +399,7 @@ def export_checkpoint(run: Path, folder: Path, device: str = "cpu") -> Path:
     path = run / CHECKPOINT
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; train first")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)
     config = ToyWorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
     pipe = build_toyworld_pipeline(state["seed"], config)
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = ToyWorldConfig.tiny() if args.config == "tiny" else ToyWorldConfig()
         state = None
         if args.resume and checkpoint.exists():
-            state = torch.load(checkpoint, map_location=device, weights_only=False)
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
             config = ToyWorldConfig(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in state["config"].items()})
         trainer = Trainer(args.out, config, seed=args.seed if state is None else state["seed"],

@@ -22,7 +22,7 @@ from .per_box import placement_figure, trajectory_figure
 
 def comparison_figure(layout: Layout, images: dict[str, torch.Tensor], seed: int | None = None,
                       model: str | None = None) -> Figure:
-    """One matplotlib figure: the layout, then each image (e.g. plain SD and LMD from the same seed) with the
+    """One matplotlib figure: the layout, then each image (e.g. plain sampling and LMD from the same seed) with the
     layout's boxes drawn over it; returns the :class:`~matplotlib.figure.Figure` (no pyplot state touched)."""
     fig = Figure(figsize=(3.2 * (1 + len(images)), 3.6))
     axes = fig.subplots(1, 1 + len(images))
@@ -50,7 +50,7 @@ def result_is_pixel_space(result: LMDResult) -> bool:
     """Whether ``result`` came from a pixel-space model (the toy world: its latents are the images), seen from
     the tensors alone: pixel-space latents have the images' size."""
     if result.per_box is None:
-        raise ValueError("this result has no per-box pass (a layout without boxes is plain SD)")
+        raise ValueError("this result has no per-box pass (a layout without boxes is plain sampling)")
     return tuple(result.per_box.latents.shape[-2:]) == tuple(result.per_box.images.shape[-2:])
 
 
