@@ -2,10 +2,12 @@
 
 Commands::
 
-    layout "PROMPT" [--out layout.png] [--source planner|llm|FILE.json] [--model M]   stage 1 for one prompt
+    layout "PROMPT" [--out layout.png] [--source planner|llm|FILE.json] [--llm-model M]   stage 1 for one prompt
     benchmark prompts                                                                the 400 benchmark prompts
     benchmark stage1 [--source FILE.json|planner|llm]                               stage-1 table, last line
                                                                                      "overall: N/400"
+    benchmark stage2 [--model toyworld] [--method sd,lmd]             stage 2 in the toy world, toy detector
+    benchmark score-detections FILE.json          raw detector output → the paper's verdicts, last "overall: N/M"
     generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both]   prompt → image
     demo --out demo.png                                          offline: layout, plain and LMD images in one PNG
 
@@ -15,7 +17,8 @@ Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser an
 status 2 for a usage error (a bad argument, an output path that cannot be written, a device this machine lacks),
 found before any model loads or any LLM is asked; status 1 for a failure while working (an LLM endpoint that fails,
 a reply or layout that cannot be used, a model folder that cannot be loaded).  The library raises typed exceptions
-(:data:`USER_ERRORS`); :func:`main` turns them into that line.
+(:data:`~lmd_utils.cli.USER_ERRORS`); :func:`main` turns them into that line.  The argument types and checks, the
+layout-source options and the error line live in :mod:`lmd_utils.cli`.
 
 The commands that run a model import the model stack (``models``, ``pipeline``, ``viz``: diffusers, transformers,
 matplotlib) inside their handlers, so that ``layout`` and ``benchmark prompts`` start without loading it; that is the
@@ -27,180 +30,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .downloads import DownloadNotAllowed, local_model_folder
-from .layout import Layout, LayoutError
-from .llm_client import CacheCorruptError, LLMNotConfigured, LLMRequestError, resolve_source
-from .llm_layouts import LayoutParseError, MissingReplyError
+from .cli import (FIGURE_SUFFIXES, IMAGE_SUFFIXES, MAX_ERROR_CHARS, MAX_STEPS, USER_ERRORS, UsageError,  # noqa: F401
+                  _Parser, _fraction_arg, _scale_arg, add_source_options, add_source_options_without_model,
+                  check_device_arg, check_output_path, check_source_args, check_text_args, one_line, positive_arg,
+                  seconds_arg, seed_arg, source_from_args, steps_arg, viewing_scale)
+from .downloads import local_model_folder
+from .layout import Layout
 
 #: The prompt ``demo`` draws when none is given.
 DEMO_PROMPT = "A realistic photo of a scene with a gray cat on the left and two brown dogs on the right"
 #: The demo prompt for the shipped toy-world model (its caption grammar).
 TOY_DEMO_PROMPT = "a red circle on the left and a blue square on the right"
-#: Errors that come from the user's input or set-up, reported as one line instead of a traceback.
-#: (``OSError`` covers unreadable or unwritable files, a model folder diffusers cannot load and a download that
-#: is not allowed; ``RuntimeError`` is not in the list: there it would hide our own bugs.)
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    LLMNotConfigured, LLMRequestError, LayoutParseError, LayoutError, MissingReplyError, CacheCorruptError,
-    ValueError, OSError, DownloadNotAllowed,
-)
-#: Longest ``error:`` line (a 100 KB prompt quoted in a message must not flood the terminal).
-MAX_ERROR_CHARS = 500
-#: What ``--out`` may end with: images (PIL and matplotlib write these) and, for figures, vector formats.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-FIGURE_SUFFIXES = IMAGE_SUFFIXES + (".pdf", ".svg")
-#: Most denoising steps (the schedulers' 1000 training timesteps).
-MAX_STEPS = 1000
-
-
-class UsageError(ValueError):
-    """A bad argument, found before any work (exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with our error line: ``error: <message> (see <command> --help)``, status 2, no usage block."""
-
-    def error(self, message: str):
-        print(one_line(f"error: {message} (see {self.prog} --help)"), file=sys.stderr)
-        raise SystemExit(2)
-
-
-def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """``message`` on one line, at most ``limit`` characters (cut in the middle with "…")."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[: limit - 40] + " … " + text[-37:]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Checking arguments before any work
-# ------------------------------------------------------------------------------------------------------------
-def seed_arg(text: str) -> int:
-    """argparse type: an integer seed in 0 .. 2**64-1 (what a torch generator takes, ``models.MAX_SEED``)."""
-    return _int_in(text, 0, 2 ** 64 - 1, "a seed")
-
-
-def _int_in(text: str, lo: int, hi: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text[:40]!r}") from None
-    if not lo <= value <= hi:
-        raise argparse.ArgumentTypeError(f"{what} must be from {lo} to {hi}, not {text[:40]}")
-    return value
-
-
-def steps_arg(text: str) -> int:
-    """argparse type: denoising steps, 1 .. :data:`MAX_STEPS`."""
-    return _int_in(text, 1, MAX_STEPS, "the number of steps")
-
-
-def positive_arg(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _int_in(text, 1, 10 ** 6, "the number")
-
-
-def seconds_arg(text: str) -> float:
-    """argparse type: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seconds must be a number, not {text[:40]!r}") from None
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"seconds must be > 0 and at most a day, not {text[:40]}")
-    return value
-
-
-def check_output_path(path: Path | None, option: str, suffixes: Sequence[str] | None = None) -> None:
-    """:class:`UsageError` unless ``path`` can be written: a file name (not a folder) with one of ``suffixes``,
-    under a folder that exists or can be made, where we may create files.  Runs before any model loads, so a
-    typo costs seconds, not a finished generation."""
-    if path is None:
-        return
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise UsageError(f"{option} {str(path)[:80]!r} must end with one of {', '.join(suffixes)}")
-    if path.is_dir():
-        raise UsageError(f"{option} {str(path)[:80]!r} is a folder; give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {str(path)[:80]!r} exists and cannot be overwritten")
-    folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"{option} {str(path)[:80]!r}: {str(folder)[:80]!r} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise UsageError(f"{option} {str(path)[:80]!r}: cannot write in {str(folder)[:80]!r} ({e.strerror})") from None
-
-
-def check_text_args(args: argparse.Namespace) -> None:
-    """:class:`UsageError` for a text argument that is not valid UTF-8 (a terminal in another encoding: Python
-    hands such bytes over as lone surrogates, which the tokenizers cannot read)."""
-    for name, value in vars(args).items():
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                option = "the prompt" if name == "prompt" else f"--{name.replace('_', '-')}"
-                raise UsageError(f"{option} is not valid UTF-8 text (check the terminal's encoding)") from None
-
-
-def check_device_arg(device: str | None) -> None:
-    """:class:`UsageError` for a ``--device`` this machine does not have (before a model loads)."""
-    if device is None:
-        return
-    from .models import DeviceNotAvailable, pick_device
-
-    try:
-        pick_device(device)
-    except (ValueError, DeviceNotAvailable) as e:
-        raise UsageError(str(e)) from None
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Shared helpers
-# ------------------------------------------------------------------------------------------------------------
-def add_source_options(parser: argparse.ArgumentParser) -> None:
-    """``--source``, ``--model``, ``--base-url``, ``--cache``/``--no-cache`` (for commands that need layouts)."""
-    parser.add_argument("--source", default=None,
-                        help="'planner' (offline), 'llm' (OpenAI-compatible endpoint) or a reply file "
-                             "{prompt: [reply, ...]}; default: the LLM if configured, else the planner")
-    parser.add_argument("--model", default=None, help="LLM model name (default: $LMD_LLM_MODEL)")
-    parser.add_argument("--base-url", default=None,
-                        help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (default: $OPENAI_BASE_URL)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="reply cache file (default: $LMD_LLM_CACHE or ~/.cache/lmd_utils/llm_replies.json)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
-    add_llm_timeout_option(parser)
-
-
-def add_llm_timeout_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--llm-timeout", type=seconds_arg, default=None, metavar="SECONDS",
-                        help="most seconds one try of an LLM request may take in all, however slowly the server sends "
-                             "(default: 60; failed tries are retried twice)")
-
-
-def source_from_args(args: argparse.Namespace):
-    """The layout source the options name; says which on stderr."""
-    cache = False if args.no_cache else args.cache
-    source, note = resolve_source(args.source, model=args.model, base_url=args.base_url, cache=cache,
-                                  timeout_s=args.llm_timeout)
-    print(note, file=sys.stderr)
-    return source
-
-
-def check_source_args(args: argparse.Namespace) -> None:
-    """The reply cache must be writable before an LLM is asked (else the paid-for reply would be lost)."""
-    if not args.no_cache and args.cache is not None:
-        if args.cache.is_dir():
-            raise UsageError(f"--cache {str(args.cache)[:80]!r} is a folder; give a file name")
-        check_output_path(args.cache, "--cache")
-
-
 def _title(layout: Layout) -> str:
     lines = [layout.prompt[:70] + ("…" if len(layout.prompt) > 70 else ""), f"background: {layout.background}"]
     if layout.negative:
@@ -303,20 +146,12 @@ def add_generate_command(subparsers) -> None:
                         "segment-anything checkpoint .pth, read with torch.load(weights_only=True): tensors only, "
                         "no pickled code (default: thresholded attention, no SAM)")
     p.add_argument("--layout-out", type=Path, default=None, help="also save the layout as JSON")
+    p.add_argument("--scale", type=_scale_arg, default=None,
+                   help="enlarge the image N times, nearest neighbour (default: small images such as the toy "
+                        "world's 32×32 grow to at least 256 px for viewing; --scale 1 keeps the exact pixels)")
     p.add_argument("--llm-model", dest="model", default=None, help="LLM model name for the layout (default: $LMD_LLM_MODEL)")
     add_source_options_without_model(p)
     p.set_defaults(handler=run_generate_command)
-
-
-def add_source_options_without_model(parser: argparse.ArgumentParser) -> None:
-    """:func:`add_source_options` minus ``--model`` (``generate`` uses ``--model`` for the diffusion model)."""
-    parser.add_argument("--source", default=None,
-                        help="layout source: 'planner', 'llm' or a reply file (default: the LLM if configured, "
-                             "else the offline planner)")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
-    parser.add_argument("--cache", type=Path, default=None, help="LLM reply cache file")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the reply cache")
-    add_llm_timeout_option(parser)
 
 
 def load_sam_backend(spec: str | None):
@@ -370,11 +205,20 @@ def run_generate_command(args: argparse.Namespace) -> int:
               f"{', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.method == "both":
-        comparison_figure(layout, images, seed=args.seed).savefig(args.out, dpi=120, bbox_inches="tight")
+        verdicts = toy_verdicts(layout, images) if args.diffusion_model == "toyworld" else None
+        comparison_figure(layout, images, seed=args.seed, verdicts=verdicts).savefig(args.out, dpi=120,
+                                                                                     bbox_inches="tight")
+        note = ""
     else:
-        to_pil(next(iter(images.values()))[None])[0].save(args.out)
+        from PIL import Image
+
+        image = to_pil(next(iter(images.values()))[None])[0]
+        factor = viewing_scale(min(image.size), args.scale)
+        note = f" ({image.width}×{image.height} pixels shown {factor}× larger, nearest neighbour; --scale 1 " \
+               "keeps the exact pixels)" if factor > 1 else ""
+        image.resize((image.width * factor, image.height * factor), Image.NEAREST).save(args.out)
     print(layout.to_json())
-    print(f"wrote {args.out}", file=sys.stderr)
+    print(f"wrote {args.out}{note}", file=sys.stderr)
     return 0
 
 
@@ -414,9 +258,21 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
     config = LMDConfig.for_pipe(pipe)
     images = {"plain sampling": generate_sd(pipe, prompt, seed=seed, config=config, negative_prompt=layout.negative),
               "LMD": generate(pipe, layout, seed=seed, config=config).image}
+    verdicts = toy_verdicts(layout, images)
+    for name, (ok, text) in verdicts.items():
+        print(f"{name}: {text}", file=sys.stderr)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    comparison_figure(layout, images, seed=seed, model="toy world").savefig(out, dpi=120, bbox_inches="tight")
+    comparison_figure(layout, images, seed=seed, model="toy world", verdicts=verdicts).savefig(
+        out, dpi=120, bbox_inches="tight")
     return layout
+
+
+def toy_verdicts(layout: Layout, images: dict) -> dict[str, tuple[bool, str]]:
+    """Per image, the toy detector's verdict on whether it shows ``layout`` (exact on toy-world images)."""
+    from .benchmark import layout_verdict
+    from .toyworld.benchmark import detected_objects
+
+    return {name: layout_verdict(layout, detected_objects(image)) for name, image in images.items()}
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -472,7 +328,52 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------------
+# benchmark score-detections (raw detector output → the paper's verdicts; lmd_utils.evaluation)
+# ------------------------------------------------------------------------------------------------------------
+def add_benchmark_score_detections_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score-detections", help="score raw detector output (JSON) the paper's way: score >= 0.15, class-aware NMS "
+                                 "at IoU 0.15, the four rules (last line: overall: N/M)")
+    p.add_argument("file", type=Path,
+                   help='{"records": [{"prompt", "width", "height", "queries", "boxes", "scores", "labels"}, ...]}: '
+                        "per image the detector's raw output before thresholding and NMS (boxes in pixels "
+                        "[x0, y0, x1, y1], labels index queries)")
+    p.add_argument("--score-threshold", type=_fraction_arg, default=None, help="keep scores >= this (default: 0.15)")
+    p.add_argument("--nms-iou", type=_fraction_arg, default=None,
+                   help="NMS drops a box whose IoU with a kept one is >= this (default: 0.15)")
+    p.add_argument("--class-agnostic", action="store_true",
+                   help="NMS across labels (the authors' script default) instead of per label (the paper's)")
+    p.add_argument("--show-failures", action="store_true", help="list the failed records with their kept boxes")
+    p.add_argument("--json", type=Path, default=None, help="also write scores and failures as JSON")
+    p.set_defaults(handler=run_benchmark_score_detections_command)
+
+
+def run_benchmark_score_detections_command(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise UsageError(f"{str(args.file)[:80]!r} is not a file")
+    check_output_path(args.json, "--json", (".json",))
+    import json
+
+    from .evaluation import NMS_IOU, SCORE_THRESHOLD, score_detections_file
+
+    result = score_detections_file(
+        args.file, score_threshold=SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold,
+        nms_iou=NMS_IOU if args.nms_iou is None else args.nms_iou, class_aware=not args.class_agnostic)
+    if args.show_failures:
+        for o in result.failures():
+            kept = [(name, [round(v, 1) for v in box]) for name, box in o.objects]
+            print(one_line(f"FAILED [{o.spec.task}] {o.spec.prompt} (sample {o.sample}): {kept}", 2000))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    print(result.format_table())
+    return 0
+
+
 BENCHMARK_COMMANDS.append(add_benchmark_stage2_command)
+BENCHMARK_COMMANDS.append(add_benchmark_score_detections_command)
 
 
 # ------------------------------------------------------------------------------------------------------------

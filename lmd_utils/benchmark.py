@@ -7,7 +7,7 @@ numeracy** ("... with {n} {objects}"), **attribute binding** ("... with a {colou
 * :func:`benchmark_prompts` regenerates the 400 prompts exactly as published (numpy's legacy global seeding).
 * The four predicates (:func:`negation_ok`, :func:`numeracy_ok`, :func:`attribution_ok`, :func:`spatial_ok`) work
   on ``(name, [x, y, w, h])`` lists, so the same code scores LLM layouts (stage 1, here) and detector boxes
-  (a stage-2 evaluator builds on :func:`run_benchmark` with its own ``objects_for``).
+  (the toy world's through :func:`run_benchmark`; OWL-ViT's in :mod:`lmd_utils.evaluation`).
 * :func:`evaluate_stage1` scores a layout source; on the authors' published GPT-3.5 replies it gives
   negation 100, numeracy 97, attribution 100, spatial 99: 396/400, as published.
 
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .layout import CANVAS_SIZE, LayoutWarning
+from .layout import CANVAS_SIZE, Layout, LayoutWarning
 from .llm_client import resolve_source
 from .llm_layouts import LayoutParseError, LayoutSource, MissingReplyError, scoring_objects
 from .grammar import PLAIN_NUMBERS, singularize, with_article
+from .progress import progress_bar
 
 PREFIX = "A realistic photo of a scene"
 CLASSES = ("backpack", "book", "bottle", "bowl", "car", "cat", "chair", "cup", "dog", "laptop")
@@ -165,12 +165,15 @@ def attribution_ok(objects: Objects, phrase1: str, phrase2: str) -> bool:
 
 
 def first_box(objects: Objects, phrase: str) -> list[float] | None:
-    """The first box whose name contains ``phrase + " "`` or ends with ``phrase`` (the authors' matching)."""
+    """The first box whose name contains ``phrase + " "`` or ends with ``phrase`` (the authors' matching).
+
+    Numbers come back as Python floats, except numpy float scalars, which keep their precision: detector boxes
+    are float32 and the authors compare their centres in float32 (:mod:`lmd_utils.evaluation`)."""
     phrase = phrase.lower()
     for name, box in objects:
         name = str(name).lower()
         if phrase + " " in name or name.endswith(phrase):
-            return [float(v) for v in box]
+            return [v if isinstance(v, np.floating) else float(v) for v in box]
     return None
 
 
@@ -185,6 +188,35 @@ def spatial_ok(objects: Objects, phrase1: str, phrase2: str, relation: str) -> b
     axis = 0 if relation in ("left", "right") else 1
     c1, c2 = box1[axis] + box1[axis + 2] / 2, box2[axis] + box2[axis + 2] / 2
     return c1 < c2 if relation in ("left", "top") else c1 > c2
+
+
+def layout_verdict(layout: Layout, objects: Objects, canvas: float = CANVAS_SIZE) -> tuple[bool, str]:
+    """Does a detector's output show ``layout``?  Each box's object found under its caption with its centre inside
+    the box, and nothing else: ``(True, "✓ matches the layout")``, else ``(False, "✗ ...")`` naming what is
+    wrong (missing, outside its box, extra), for a figure's caption.  ``objects``: ``(name, [x, y, w, h])`` on
+    the ``canvas``, like the predicates.  Not one of the paper's four predicates: a per-image explanation."""
+    def bare(name: str) -> str:
+        return re.sub(r"^(a|an|the)\s+", "", str(name).strip().lower())
+
+    left = [(bare(n), [float(v) for v in b]) for n, b in objects]
+    problems = []
+    for box in layout.boxes:
+        name = bare(box.phrase)
+        x, y, w, h = box.to_xywh(canvas)
+        same = [k for k, (n, _) in enumerate(left) if n == name]
+        if not same:
+            problems.append(f"no {name}")
+            continue
+        def distance(k: int) -> float:
+            bx, by, bw, bh = left[k][1]
+            return (bx + bw / 2 - x - w / 2) ** 2 + (by + bh / 2 - y - h / 2) ** 2
+        _, (bx, by, bw, bh) = left.pop(min(same, key=distance))
+        if not (x <= bx + bw / 2 <= x + w and y <= by + bh / 2 <= y + h):
+            problems.append(f"{name} outside its box")
+    problems += [f"extra {n}" for n, _ in left]
+    if not problems:
+        return True, "✓ matches the layout"
+    return False, "✗ " + "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
 
 
 # =============================================================================================================
@@ -272,7 +304,7 @@ def run_benchmark(
     that prompt a failure with the error recorded; any other exception stops the run."""
     seen: Counter[str] = Counter()
     outcomes: list[PromptOutcome] = []
-    for spec in tqdm(specs, desc=stage, disable=not progress, leave=False):
+    for spec in progress_bar(specs, desc=stage, disable=not progress, leave=False):
         k = seen[spec.prompt]
         seen[spec.prompt] += 1
         try:
@@ -317,6 +349,6 @@ def evaluate_stage1(
 __all__ = [
     "PREFIX", "CLASSES", "COLOURS", "TASKS", "PromptSpec", "benchmark_specs", "benchmark_prompts",
     "parse_benchmark_prompt", "drop_unscorable_boxes", "negation_ok", "numeracy_ok", "attribution_ok",
-    "first_box", "spatial_ok", "PromptOutcome", "BenchmarkResult", "Stage1Result", "run_benchmark",
+    "first_box", "spatial_ok", "layout_verdict", "PromptOutcome", "BenchmarkResult", "Stage1Result", "run_benchmark",
     "evaluate_stage1",
 ]

@@ -481,3 +481,69 @@ def box_centre_distances(
         out.append(float(dist[best]))
         left.pop(same[best])
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The denoised estimate x̂₀ at each step (what the pictures of the frozen steps show; lmd_utils.viz.composition)
+# ---------------------------------------------------------------------------------------------------------
+def predicted_x0(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar_t: float | torch.Tensor,
+                 prediction_type: str = "epsilon") -> torch.Tensor:
+    """The model's denoised estimate x̂₀ from ``x_t`` and its output at a step with cumulative ᾱ_t:
+    ``(x_t − √(1−ᾱ_t)·ε) / √ᾱ_t`` for ``"epsilon"``, ``√ᾱ_t·x_t − √(1−ᾱ_t)·v`` for ``"v_prediction"`` (the toy
+    model, SD 2.x-768), the output itself for ``"sample"`` (as diffusers' DDIM computes it before clipping)."""
+    a = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    s_a, s_b = float(a.sqrt()), float((1 - a).sqrt())
+    if prediction_type == "epsilon":
+        return (x_t - s_b * model_output) / s_a
+    if prediction_type == "v_prediction":
+        return s_a * x_t - s_b * model_output
+    if prediction_type == "sample":
+        return model_output.clone()
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def ddim_alphas(scheduler, num_inference_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ᾱ_t, ᾱ_prev)``, each ``(T,)``: the cumulative alphas a DDIM step ``k`` goes from and to, as
+    :func:`~lmd_utils.sampling.denoise` samples by default (DDIM built from ``scheduler``'s config, whatever its
+    class: SD 1.5 ships PNDM).  ``ᾱ_prev`` of the last step is the scheduler's final alpha."""
+    import warnings
+    from diffusers import DDIMScheduler
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # config keys of another scheduler class are ignored on purpose
+        ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(num_inference_steps)
+    t = ddim.timesteps.long()
+    prev = t - ddim.config.num_train_timesteps // ddim.num_inference_steps
+    cumprod = ddim.alphas_cumprod.double()
+    final = torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float64)
+    return cumprod[t], torch.where(prev >= 0, cumprod[prev.clamp(min=0)], final)
+
+
+def implied_x0(x_t: torch.Tensor, x_prev: torch.Tensor, alpha_bar_t: float | torch.Tensor,
+               alpha_bar_prev: float | torch.Tensor) -> torch.Tensor:
+    """The x̂₀ a deterministic DDIM step (η = 0) used to go from ``x_t`` to ``x_prev``.
+
+    The step writes ``x_t = √ᾱ_t·x̂₀ + √(1−ᾱ_t)·ε̂`` and ``x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε̂`` with one ε̂:
+    two equations, two unknowns.  For a plain step this is :func:`predicted_x0` of the model's output (any
+    prediction type), read from two kept latents alone; what a hook did during the step (a guidance update of
+    ``x_t``, a frozen paste into ``x_prev``) is part of the step, and of the estimate it implies.  (A scheduler
+    that clips x̂₀, ``clip_sample``, breaks the first equation; the toy world's and SD's do not clip.)"""
+    a_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
+    a_p = torch.as_tensor(alpha_bar_prev, dtype=torch.float64)
+    b_t, b_p = float((1 - a_t).sqrt()), float((1 - a_p).sqrt())
+    denominator = b_t * float(a_p.sqrt()) - b_p * float(a_t.sqrt())
+    if denominator <= 0:
+        raise ValueError(f"not a denoising step: ᾱ_t = {float(a_t):.4g}, ᾱ_prev = {float(a_p):.4g}")
+    return (b_t * x_prev.double() - b_p * x_t.double()).div(denominator).to(x_prev.dtype)
+
+
+def denoised_trajectory(latents: torch.Tensor, alphas: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x̂₀ at every entry of a kept DDIM trajectory ``latents`` ``(T + 1, ...)`` (``x_T`` first, as
+    ``keep_latents=True`` keeps it): entry ``k < T`` is :func:`implied_x0` of step ``k`` (from entries ``k`` and
+    ``k + 1``), entry ``T`` the final latents themselves.  ``alphas`` from :func:`ddim_alphas`."""
+    a_t, a_prev = alphas
+    steps = latents.shape[0] - 1
+    if len(a_t) != steps or len(a_prev) != steps:
+        raise ValueError(f"{latents.shape[0]} latents are {steps} steps, the alphas have {len(a_t)}")
+    out = [implied_x0(latents[k], latents[k + 1], a_t[k], a_prev[k]) for k in range(steps)]
+    return torch.stack(out + [latents[-1].clone()])

@@ -4,8 +4,9 @@ unless ``$LMD_ALLOW_DOWNLOAD=1``.
 Stable Diffusion 1.5 is about 4 GB and SAM ``facebook/sam-vit-base`` 375 MB.  On a GPU (or Apple MPS) that is the
 normal way to get them, so downloads go ahead; on a CPU a run of SD takes minutes per image, so a download there is
 far more often a mistake (a notebook left on a hub id, a laptop on a metered line) than a plan.
-:func:`check_download` is called by :func:`~lmd_utils.models.load_pipeline` and
-:meth:`~lmd_utils.sam.TransformersSam.from_pretrained` before they touch the hub; it raises
+:func:`check_download` is called by :func:`~lmd_utils.models.load_pipeline`,
+:meth:`~lmd_utils.sam.TransformersSam.from_pretrained` and the detectors' ``from_pretrained``
+(:mod:`lmd_utils.evaluation`) before they touch the hub; it raises
 :class:`DownloadNotAllowed` (an ``OSError``, as a missing file is) with a message that names the variable.
 :func:`weights_status` answers the same question without raising, for cells that check first and then either run
 or say what they would do.
@@ -32,6 +33,8 @@ KINDS = {
                  ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
                   "unet/diffusion_pytorch_model.bin")),
     "sam": ("SAM (facebook/sam-vit-base: 375 MB)", ("model.safetensors", "pytorch_model.bin")),
+    "detector": ("an OWL-ViT/OWLv2 detector (google/owlvit-base-patch32: about 600 MB)",
+                 ("model.safetensors", "pytorch_model.bin")),
 }
 
 
@@ -100,7 +103,8 @@ def in_local_cache(repo_id: str, filenames: tuple[str, ...]) -> bool:
 def weights_status(model_id: str, device: torch.device | str | None = None, kind: str = "pipeline"
                    ) -> tuple[bool, str]:
     """``(True, where)`` when ``model_id``'s weights can be loaded here without an unwanted download, else
-    ``(False, why and how to allow it)``.  ``kind``: ``"pipeline"`` (a diffusers SD checkpoint) or ``"sam"``.
+    ``(False, why and how to allow it)``.  ``kind``: ``"pipeline"`` (a diffusers SD checkpoint), ``"sam"`` or
+    ``"detector"`` (OWL-ViT/OWLv2, :mod:`lmd_utils.evaluation`).
 
     A local folder is always fine (whether it holds the right files is for the loader to say); a hub id is fine when
     its weights are in the local hub cache, or when a download is allowed: not offline, and a GPU/MPS ``device``

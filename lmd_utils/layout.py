@@ -404,11 +404,14 @@ class Layout:
     def draw(self, ax=None, image=None, title: str | None = None, canvas: int = CANVAS_SIZE):
         """Draw the boxes with coloured, labelled outlines (on ``image`` if given); returns the axes.
 
-        ``image`` may be a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)`` tensor in [0, 1].
+        ``image`` may be a PIL image, an ``(H, W, 3)`` array or a ``(3, H, W)`` tensor in [0, 1].  Each caption stays
+        inside the canvas (:func:`~lmd_utils.viz.common.label_box`: from the box's left edge in the canvas's left
+        half, up to its right edge in the right half; wrapped when too long).
         """
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
 
+        from .viz.common import label_box
 
         if ax is None:
             _, ax = plt.subplots(figsize=(4, 4))
@@ -418,11 +421,9 @@ class Layout:
             ax.add_patch(Rectangle((0, 0), canvas, canvas, color="0.93"))
         colours = plt.get_cmap("tab10")
         for i, b in enumerate(self.boxes):
-            x, y, _, _ = b.to_xywh(canvas)
             c = colours(i % 10)
             draw_box(ax, b, canvas, canvas, c, linewidth=2)
-            ax.text(x + 3, y + 3, b.phrase, va="top", fontsize=8, color="white",
-                    bbox=dict(facecolor=c, alpha=0.85, pad=1.5, edgecolor="none"))
+            label_box(ax, b, canvas, canvas, b.phrase, colour=c, fontsize=8)
         ax.set_xlim(0, canvas)
         ax.set_ylim(canvas, 0)
         ax.set_aspect("equal")

@@ -165,7 +165,7 @@ class LLMConfig:
         if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
             raise ValueError(f"need temperature >= 0 (a finite number), got {self.temperature!r}")
         if not isinstance(self.model, str) or not self.model.strip():
-            raise LLMNotConfigured(f"no LLM configured: the model name ({ENV_MODEL} or --model) is empty")
+            raise LLMNotConfigured(f"no LLM configured: the model name ({ENV_MODEL} or --llm-model) is empty")
         # The key goes into an HTTP header: check it here, where the message can say what is wrong, rather than
         # letting the HTTP library fail with an "'ascii' codec" error.  Never quote the key itself.
         if not isinstance(self.api_key, str) or not self.api_key:
@@ -198,7 +198,7 @@ class LLMConfig:
         api_key = api_key or os.environ.get(ENV_API_KEY) or None
         missing = []
         if not model:
-            missing.append(f"a model name ({ENV_MODEL} or --model)")
+            missing.append(f"a model name ({ENV_MODEL} or --llm-model)")
         if not (api_key or base_url):
             missing.append(f"an endpoint ({ENV_BASE_URL}) or a key ({ENV_API_KEY})")
         if missing:

@@ -27,7 +27,9 @@ exact detector), ``"sd"`` (any real checkpoint: the authors' settings, photo pro
 Pictures (:mod:`lmd_utils.viz`) are :class:`matplotlib.figure.Figure` objects built without pyplot's global
 state, so a cell that ends with one shows it once and tests can inspect it.  Widgets (:func:`layout_editor`) only
 wrap pure functions (:func:`edit_box`, :func:`~lmd_utils.viz.layout.draw_layouts`) that tests call directly;
-building a widget never blocks, so notebooks also run headless (CI).
+building a widget never blocks, so notebooks also run headless (CI).  Progress bars are widgets only in a live
+front end and text elsewhere (nbconvert, nbval), so a saved notebook shows no bar frozen at 0 (see
+:mod:`lmd_utils.progress`; ``$LMD_PROGRESS`` overrides).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import torch
 from . import __version__
 from .downloads import weights_status
 from .layout import CANVAS_SIZE, Box, Layout
+from .progress import quiet_library_bars
 from .models import DEFAULT_MODEL, ENV_DEVICE, TOYWORLD_MODEL_DIR, default_dtype, pick_device
 from .llm_client import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, LLMConfig, LLMNotConfigured, redact_url
 from .viz.common import figure_to_png
@@ -377,7 +380,8 @@ def setup(
     toy_steps: int | None = None,
 ) -> NotebookEnv:
     """The one set-up call of every notebook: seed, pick the device, check the model, find the LLM, and say what
-    is used (figures are shown inline, see :func:`enable_inline_figures`).
+    is used (figures are shown inline, see :func:`enable_inline_figures`; outside a live front end the libraries'
+    progress bars are turned off, see :func:`~lmd_utils.progress.quiet_library_bars`).
 
     ``model_id``: the diffusion model (``None`` when the notebook runs none); when it cannot be loaded here (see
     :func:`model_usable`: e.g. a hub id not in the local cache, on a CPU without ``$LMD_ALLOW_DOWNLOAD=1``), setup
@@ -390,6 +394,7 @@ def setup(
         raise ValueError(f"steps must be >= 1, got {steps}")
     seed_everything(seed)
     enable_inline_figures()
+    quiet_library_bars()  # not in a live front end: the libraries' widget bars would stay frozen at 0 when saved
     dev = pick_device(device)
     if dev.type == "cuda":  # repeatable convolutions (same seed, same picture); see NotebookEnv.same for the rest
         torch.backends.cudnn.benchmark = False

@@ -24,17 +24,28 @@ before any placement work, with one :class:`~lmd_utils.layout.LayoutWarning` (:f
 Placement: the canvas is cut into rows (top / middle / bottom) and each row into cells per object group
 (left / unplaced / right), cell widths proportional to the instance counts; the instances of a group then sit
 on a small grid inside their cell, so boxes never overlap and their shapes vary with the count.
+
+Planning for a model that can draw less (:class:`ModelLimits`, e.g. the toy world's
+:data:`~lmd_utils.toyworld.model.TOY_PLANNER_LIMITS`): every box becomes a square whose side is kept within the
+sizes the model was trained on (``box_sides``), at the same centre, optionally snapped to the model's pixel grid;
+the background can be replaced by the one the model knows; and words outside the model's vocabulary are named.
+
+What it does not understand it says: words in other scripts than the Latin one, and English words its captions
+cannot hold (verbs such as "sitting", prepositions and pronouns inside an object phrase: "a man with a hat") are
+named in one :class:`~lmd_utils.layout.LayoutWarning` that points to the LLM set-up (:func:`unread_words`; a
+rule of thumb: it cannot tell an unknown noun from a known one, so "a corgi" passes).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .grammar import NUMBER_WORDS, is_plural, singularize, with_article
+from .grammar import ARTICLES, NUMBER_WORDS, is_plural, singularize, with_article
 from .layout import CANVAS_SIZE, DEFAULT_BACKGROUND, MAX_BOXES, Layout, LayoutError, LayoutWarning, quote, shorten
 
 SOURCE_NAME = "offline planner"
@@ -103,6 +114,40 @@ class ParsedPrompt:
     negative: str
     #: Repairs made while reading the prompt (the counts capped), also raised as :class:`LayoutWarning`.
     notes: tuple[str, ...] = ()
+    #: Words the grammar could not read (:func:`unread_words`); :func:`plan_layout` warns about them.
+    unread: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the diffusion model the layout is planned for can draw and read (``None`` fields: no limit).
+
+    box_sides: ``(min, max)`` side of a box as a fraction of the canvas; every box becomes a SQUARE of a side
+        in that range, centred where the box would have been (:func:`place_groups`).  For models trained on
+        objects of a few sizes only, such as the toy world (7–13 px of 32).
+    grid: the model's image side in pixels: box sides and corners snap to whole pixels (needs ``box_sides``).
+    background: the background the layout carries instead of the planner's (the toy world: ``""``, what its
+        ``lmd_config.json`` gives stage 2).
+    vocabulary: every word the model's text encoder learnt (lower case); other words of the prompt are named in
+        the planner's warning (:func:`words_outside`), with the words it knows.
+    name: how the warning calls the model ("the toy model").
+    """
+
+    box_sides: tuple[float, float] | None = None
+    grid: int | None = None
+    background: str | None = None
+    vocabulary: tuple[str, ...] | None = None
+    name: str = "the diffusion model"
+
+    def __post_init__(self) -> None:
+        if self.box_sides is not None:
+            lo, hi = self.box_sides
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"box_sides must be (min, max) with 0 < min <= max <= 1, got {self.box_sides}")
+        if self.grid is not None and (self.box_sides is None or self.grid < 1):
+            raise ValueError("grid needs box_sides and must be >= 1")
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(dict.fromkeys(w.lower() for w in self.vocabulary)))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -114,6 +159,100 @@ def _singular_phrase(words: list[str]) -> str:
     words = list(words)
     words[head] = singularize(words[head])
     return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Words the grammar cannot read
+# ------------------------------------------------------------------------------------------------------------
+#: English words an object phrase of the grammar cannot hold: verbs and auxiliaries, prepositions (other than
+#: "of": "a cup of tea"), pronouns and conjunctions.  Found inside a caption they mean the planner read a clause
+#: ("a man with a hat", "a cat that is sleeping") as one object.
+_CLAUSE_WORDS = frozenset("""
+    is are was were be been being am has have had do does did can could will would should may might must
+    about across against along among around at behind beside besides between beyond by down during for from in
+    inside into near off on onto out outside over past through to toward towards under underneath up upon with
+    within without above below beneath next onto against
+    i you he she it we they me him her us them my your his its our their this that these those who whom whose
+    which what where when while there here or but nor because if then than not no never
+""".split())
+#: Nouns ending in "-ing" ("a red building"): other "-ing" words at the end of a caption, or before an article,
+#: are read as verbs ("a cat sitting", "a dog chasing a ball").
+_ING_NOUNS = frozenset("""
+    awning bedding building ceiling clothing dumpling drawing duckling earring evening filling frosting icing king
+    lightning morning painting pudding railing ring seedling sibling siding sling spring string stuffing swing
+    thing topping viking wedding wing
+""".split())
+
+
+def _is_non_latin(word: str) -> bool:
+    """A word with a letter of another script than the Latin one ("빨간", "猫", "кот")."""
+    return any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN") for ch in word)
+
+
+def _is_verb_form(words: list[str], i: int) -> bool:
+    """``words[i]`` reads as a verb: an "-ing" word (not a known "-ing" noun) that ends the phrase or comes before
+    an article ("a cat sitting", "a dog chasing a ball"; "a sleeping cat" is an attribute), or any word before an
+    inner article other than "of" ("a dog chases a ball")."""
+    w = words[i]
+    last = i == len(words) - 1
+    before_article = not last and words[i + 1] in ARTICLES
+    if w.endswith("ing") and len(w) >= 5 and w not in _ING_NOUNS and (last or before_article):
+        return True
+    return before_article and w != "of" and i > 0
+
+
+def unread_words(groups: Sequence[ObjectGroup], prompt: str = "") -> tuple[str, ...]:
+    """Words the planner's grammar could not read, in order, once each: every word of ``prompt`` in another script
+    than the Latin one, and in the groups' captions the words an object phrase cannot hold (verbs, prepositions,
+    pronouns, conjunctions: :data:`_CLAUSE_WORDS`, "-ing" verbs).  A heuristic: unknown nouns ("a corgi") and
+    other languages written in Latin letters ("un chat") pass."""
+    found: list[str] = []
+    for word in prompt.split():
+        if _is_non_latin(word):
+            found.append(word.strip(".,;:!?"))
+    for g in groups:
+        words = [w.strip(".,;:!?\"'") for w in g.caption.lower().split()[1:]]  # after the planner's article
+        for i, w in enumerate(words):
+            if w and not _is_non_latin(w) and (w in _CLAUSE_WORDS or _is_verb_form(words, i)):
+                found.append(w)
+    return tuple(dict.fromkeys(w for w in found if w))
+
+
+def words_outside(prompt: str, vocabulary: Sequence[str]) -> tuple[str, ...]:
+    """Words of ``prompt`` (lower case, once each, in order) outside ``vocabulary``, leaving out what the planner
+    reads and never passes on: digits and count words ("2", "a few": the boxes carry the count) and the negation
+    keyword ("without": the excluded object becomes the negative prompt)."""
+    text = prompt.lower()
+    m = _WITHOUT_RE.search(" ".join(text.split()))
+    skip = {"without", "no"} if m else set()
+    skip |= {w for key in NUMBER_WORDS for w in key.split()}
+    words = re.findall(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", text)
+    known = set(vocabulary) | skip
+    return tuple(dict.fromkeys(w for w in words if w not in known))
+
+
+def unread_note(prompt: str, unread: Sequence[str], outside: Sequence[str] = (), limits: ModelLimits | None = None
+                ) -> str | None:
+    """The one warning about words not understood (``None`` when there are none): ``unread`` the planner's
+    (:func:`unread_words`, with the pointer to the LLM set-up), ``outside`` the model's (:func:`words_outside`,
+    with the words ``limits`` says it knows)."""
+    if not unread and not outside:
+        return None
+    parts = []
+    if unread:
+        parts.append(f"the offline planner did not understand {_word_list(unread)} in {quote(prompt, 60)}: it "
+                     "reads a small English grammar (counted objects with attributes, positions, \"without X\", a "
+                     "setting) and kept the rest in the captions as it was; an LLM reads any prompt: set "
+                     "LMD_LLM_MODEL and OPENAI_BASE_URL or OPENAI_API_KEY (README, \"Layouts from an LLM\")")
+    if outside:
+        model = limits.name if limits is not None else "the diffusion model"
+        knows = f" (it learnt only: {shorten(', '.join(limits.vocabulary), 240)})" if limits and limits.vocabulary else ""
+        parts.append(f"{model} does not know {_word_list(outside)}{knows}")
+    return "; ".join(parts)
+
+
+def _word_list(words: Sequence[str], limit: int = 100) -> str:
+    return shorten(", ".join(repr(w) for w in words), limit)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -231,7 +370,8 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     capped, note = cap_counts(groups)
     if note:
         warnings.warn(note, LayoutWarning, stacklevel=2)
-    return ParsedPrompt(capped, background, negative, notes=(note,) if note else ())
+    return ParsedPrompt(capped, background, negative, notes=(note,) if note else (),
+                        unread=unread_words(groups, prompt))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -272,12 +412,35 @@ def _instance_boxes(count: int, x: float, y: float, w: float, h: float) -> list[
     return boxes
 
 
-def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: int = CANVAS_SIZE
+def square_box(box: Sequence[float], canvas: int, box_sides: tuple[float, float], grid: int | None = None
+               ) -> list[float]:
+    """``[x, y, w, h]`` made a square at the same centre: side ``min(w, h)`` kept within ``box_sides`` (fractions
+    of ``canvas``), inside the canvas; with ``grid`` (pixels per canvas side) side and corners on whole pixels."""
+    x, y, w, h = box
+    lo, hi = box_sides[0] * canvas, box_sides[1] * canvas
+    side = min(max(min(w, h), lo), hi)
+    if grid:
+        unit = canvas / grid
+        n_lo, n_hi = math.ceil(box_sides[0] * grid - 1e-9), max(math.floor(box_sides[1] * grid + 1e-9), 1)
+        side = min(max(round(side / unit), n_lo), n_hi) * unit
+    x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
+    if grid:
+        x0, y0 = round(x0 / unit) * unit, round(y0 / unit) * unit
+    return [min(max(x0, 0.0), canvas - side), min(max(y0, 0.0), canvas - side), side, side]
+
+
+def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: int = CANVAS_SIZE,
+                 box_sides: tuple[float, float] | None = None, grid: int | None = None
                  ) -> list[tuple[str, list[int]]]:
     """Boxes for object groups: rows by top/bottom, cells in a row by left/right, a grid of instances per cell.
 
     Groups asking for more than :data:`MAX_BOXES` instances in all are capped first (:func:`cap_counts`, with a
     :class:`LayoutWarning`), so a huge count never reaches the placement loops.
+
+    ``box_sides`` (``(min, max)`` fractions of the canvas; ``None``: boxes as placed, for Stable Diffusion): every
+    box becomes a square of side ``min(w, h)`` kept in that range, at the same centre (:func:`square_box`), with
+    ``grid`` snapped to whole pixels of a ``grid``-pixel image.  For models that only draw objects of those sizes
+    (the toy world).  Squares no larger than the box never overlap; a side raised to the minimum may.
     """
     groups, note = cap_counts(groups)
     if note:
@@ -301,6 +464,8 @@ def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: in
                 x += spans[-1][1]
         for g, (cx, cw) in zip(row, spans):
             for box in _instance_boxes(g.count, cx, r * row_h, cw, row_h):
+                if box_sides is not None:
+                    box = square_box(box, canvas, box_sides, grid)
                 objects.append((g.caption, [round(v) for v in box]))
     return objects
 
@@ -308,29 +473,49 @@ def place_groups(groups: tuple[ObjectGroup, ...] | list[ObjectGroup], canvas: in
 # ------------------------------------------------------------------------------------------------------------
 # The source
 # ------------------------------------------------------------------------------------------------------------
-def plan_layout(prompt: str) -> Layout:
-    """The planner's layout for ``prompt``; ``meta["source"] == "offline planner"``."""
+def plan_layout(prompt: str, limits: ModelLimits | None = None) -> Layout:
+    """The planner's layout for ``prompt``; ``meta["source"] == "offline planner"``.
+
+    ``limits``: what the diffusion model can draw and read (:class:`ModelLimits`; ``None``: Stable Diffusion, boxes
+    as placed).  Words the planner did not understand, or (with ``limits.vocabulary``) the model does not know,
+    give one :class:`LayoutWarning`, also in ``meta["warnings"]``.
+    """
     parsed = parse_prompt(prompt)
     meta: dict = {"source": SOURCE_NAME}
-    if parsed.notes:
-        meta["warnings"] = list(parsed.notes)
-    return Layout.from_xywh_objects(
-        place_groups(parsed.groups), parsed.background, parsed.negative, prompt=prompt, meta=meta,
+    notes = list(parsed.notes)
+    outside = words_outside(prompt, limits.vocabulary) if limits is not None and limits.vocabulary is not None else ()
+    note = unread_note(prompt, parsed.unread, outside, limits)
+    if note:
+        warnings.warn(note, LayoutWarning, stacklevel=2)
+        notes.append(note)
+    if notes:
+        meta["warnings"] = notes
+    box_sides, grid = (limits.box_sides, limits.grid) if limits is not None else (None, None)
+    layout = Layout.from_xywh_objects(
+        place_groups(parsed.groups, box_sides=box_sides, grid=grid), parsed.background, parsed.negative,
+        prompt=prompt, meta=meta,
     )
+    if limits is not None and limits.background is not None:
+        layout = replace(layout, background=limits.background)
+    return layout
 
 
 class OfflinePlanner:
     """:func:`plan_layout` as a layout source (``get_layout(prompt, sample)``; deterministic, so ``sample``
-    is ignored)."""
+    is ignored); ``limits`` as :func:`plan_layout`'s."""
 
     name = SOURCE_NAME
 
+    def __init__(self, limits: ModelLimits | None = None) -> None:
+        self.limits = limits
+
     def __repr__(self) -> str:
-        return "OfflinePlanner()"
+        return "OfflinePlanner()" if self.limits is None else f"OfflinePlanner({self.limits.name!r})"
 
     def get_layout(self, prompt: str, sample: int | None = None) -> Layout:
-        return plan_layout(prompt)
+        return plan_layout(prompt, self.limits)
 
 
-__all__ = ["OfflinePlanner", "plan_layout", "parse_prompt", "place_groups", "cap_counts", "ObjectGroup",
-           "ParsedPrompt", "SOURCE_NAME", "BARE_PLURAL_COUNT", "HUGE_COUNT", "MAX_PROMPT_CHARS"]
+__all__ = ["OfflinePlanner", "plan_layout", "parse_prompt", "place_groups", "square_box", "cap_counts", "ObjectGroup",
+           "ParsedPrompt", "ModelLimits", "unread_words", "words_outside", "unread_note", "SOURCE_NAME",
+           "BARE_PLURAL_COUNT", "HUGE_COUNT", "MAX_PROMPT_CHARS"]

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .attention import (AttentionStore, capture_cross_attention, phrase_token_indices,
                         reduce_over_heads, run_unet_until_captured)
@@ -34,6 +33,7 @@ from .config import GuidanceConfig
 from .energy import attention_transfer_energy, box_energy
 from .layout import Box, BoxRounding
 from .models import model_device, model_dtype, scheduler_copy
+from .progress import progress_bar
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
         attention_store.cfg_batch = do_cfg
 
     timesteps = sched.timesteps
-    for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+    for i, t in enumerate(progress_bar(timesteps, desc="denoising", disable=not progress, leave=False)):
         state = StepState(step=i, num_steps=len(timesteps), timestep=t, latents=latents, scheduler=sched, pipe=pipe,
                           cond_embeds=cond, uncond_embeds=uncond, guidance_scale=guidance_scale,
                           latents_history=history, extras=extras)

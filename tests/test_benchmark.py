@@ -187,3 +187,18 @@ def test_run_benchmark_is_reusable_for_other_stages():
                            progress=False)
     assert [o.success for o in result.outcomes] == [True, True, False, True]
     assert result.format_table().splitlines()[0] == "stage 2 (images) — source: test"
+
+
+def test_layout_verdict_names_what_is_wrong():
+    from lmd_utils.benchmark import layout_verdict
+    from lmd_utils.layout import Box, Layout
+
+    layout = Layout([Box("a red circle", 0.0, 0.0, 0.5, 0.5), Box("a blue square", 0.5, 0.5, 1.0, 1.0)])
+    right = [("a red circle", [50, 50, 100, 100]), ("a blue square", [300, 300, 100, 100])]
+    assert layout_verdict(layout, right) == (True, "✓ matches the layout")
+    ok, text = layout_verdict(layout, [("a red circle", [50, 50, 100, 100]), ("a green square", [300, 300, 100, 100])])
+    assert not ok and text == "✗ no blue square; extra green square"
+    ok, text = layout_verdict(layout, [("a red circle", [300, 300, 100, 100]), ("a blue square", [300, 300, 90, 90])])
+    assert not ok and text == "✗ red circle outside its box"
+    ok, text = layout_verdict(Layout([]), [("a cat", [0, 0, 10, 10])] * 5)
+    assert text == "✗ extra cat; extra cat; extra cat (+2 more)"

@@ -24,3 +24,11 @@ def test_plot_benchmark_bars_are_the_accuracies():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["planner: 2/2", "one cup: 1/2"]
     with pytest.raises(ValueError):
         plot_benchmark({})
+
+
+def test_plot_benchmark_says_in_the_figure_what_is_missing():
+    results = {"planner": evaluate_stage1("planner", prompts=["A realistic photo of a scene without cats"],
+                                          progress=False)}
+    assert plot_benchmark(results)._supxlabel is None
+    fig = plot_benchmark(results, note="the published replies were not found")
+    assert fig._supxlabel.get_text() == "the published replies were not found"

@@ -113,6 +113,49 @@ def test_planner_layouts_satisfy_every_prompt(prompts):
             assert len(layout) == p.spec.count
 
 
+def test_toy_layouts_are_boxes_the_toy_model_can_draw(prompts):
+    """The lmd method's layouts: the planner's, made squares of the trained sizes (7–13 px) on whole pixels,
+    with the toy background, and still satisfying every prompt (400/400) without a warning."""
+    import warnings
+
+    from lmd_utils.layout import LayoutWarning
+    from lmd_utils.toyworld.benchmark import benchmark_layout
+    from lmd_utils.toyworld.scenes import IMAGE_SIZE, SIZE_RANGE
+
+    lo, hi = (round(v * IMAGE_SIZE) for v in SIZE_RANGE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        for p in prompts:
+            layout = benchmark_layout(p.prompt)
+            default = plan_layout(p.prompt)
+            assert layout.background == "" and layout.negative == default.negative, p.prompt
+            assert layout.phrases == default.phrases and p.spec.check(layout.to_xywh_objects()), p.prompt
+            for box, free in zip(layout.boxes, default.boxes):
+                side = box.width * IMAGE_SIZE
+                assert box.width == box.height and lo <= side <= hi and side == round(side), (p.prompt, box)
+                assert box.x0 * IMAGE_SIZE == round(box.x0 * IMAGE_SIZE) and box.y0 * IMAGE_SIZE == round(box.y0 * IMAGE_SIZE)
+                assert abs(box.center[0] - free.center[0]) <= 1 / IMAGE_SIZE
+                assert abs(box.center[1] - free.center[1]) <= 1 / IMAGE_SIZE
+    assert benchmark_layout(prompts[0].prompt, "default").to_json() == plan_layout(prompts[0].prompt).to_json()
+    with pytest.raises(ValueError):
+        benchmark_layout("a red circle", "llm")
+
+
+def test_toy_layout_names_words_the_toy_model_never_learnt():
+    from lmd_utils.layout import LayoutWarning
+    from lmd_utils.toyworld.model import toy_layout
+
+    with pytest.warns(LayoutWarning) as caught:
+        layout = toy_layout("a cat sitting on a sofa")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "'sitting'" in message and "LMD_LLM_MODEL" in message  # the planner's part
+    assert "the toy model does not know 'cat', 'sitting', 'sofa'" in message and "triangle" in message
+    assert layout.background == "" and layout.meta["warnings"] == [message]
+    config = LMDConfig.from_dict({**TOYWORLD_LMD_CONFIG, "background": "a plain background"})
+    assert toy_layout("a red circle", config).background == "a plain background"
+
+
 # -- scoring ----------------------------------------------------------------------------------------------
 def test_detections_are_512px_xywh_boxes():
     image = _render(Layout([Box("a red square", 4 / 32, 8 / 32, 14 / 32, 18 / 32)]))
@@ -272,6 +315,45 @@ def test_cli_stage2_end_to_end(tiny_toy_folder, tmp_path, capsys):
     assert saved["meta"]["n_per_task"] == 1 and saved["meta"]["steps"] == 3
     assert cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method", "sd,dalle"]) == 2  # a usage error
     assert "error:" in capsys.readouterr().err
+
+
+def test_per_box_object_and_box_iou_on_a_rendered_scene():
+    from lmd_utils.toyworld.benchmark import box_iou, per_box_object
+    from lmd_utils.toyworld.scenes import shape_mask
+
+    box = Box("a red circle", 8 / 32, 10 / 32, 20 / 32, 22 / 32)
+    image = _render(Layout([box, Box("a blue square", 24 / 32, 2 / 32, 30 / 32, 8 / 32)]))
+    found = per_box_object(image, "a red circle")
+    assert found.colour == "red" and found.box == Box("a red circle", *box.bbox)
+    assert np.array_equal(found.silhouette, shape_mask("circle", 10, 8, 12))  # the object's own pixels
+    assert per_box_object(image, "a green circle") is None
+    assert box_iou(box, box) == 1.0 and box_iou(box, Box("b", 0.0, 0.0, 0.1, 0.1)) == 0.0
+    assert box_iou(box, Box("b", box.x0, box.y0, box.x0 + box.width / 2, box.y1)) == pytest.approx(0.5)
+
+
+def test_check_masks_scores_every_per_box_object(tiny_toy):
+    from lmd_utils.toyworld.benchmark import check_masks, mask_check_prompts
+
+    chosen = mask_check_prompts(5, first_seed=2)
+    assert [p.task for p in chosen] == list(TASKS) + [TASKS[0]] and [p.seed for p in chosen] == [2, 2, 2, 2, 3]
+    report = check_masks(tiny_toy, chosen[:2], LMDConfig.from_dict(FAST), progress=False)
+    n_boxes = sum(len(plan_layout(p.prompt)) for p in chosen[:2])
+    assert len(report.box_ious) == len(report.mask_ious) == n_boxes and 0 <= report.missing <= n_boxes
+    assert all(0.0 <= v <= 1.0 for v in report.box_ious + report.mask_ious)
+    assert re.fullmatch(rf"masks: box fit IoU \d\.\d\d, mask IoU \d\.\d\d \({n_boxes} objects\)",
+                        report.format().splitlines()[-1])
+
+
+def test_cli_check_masks_prints_the_summary_last(tiny_toy_folder, capsys):
+    from lmd_utils.toyworld.benchmark import main as toy_main
+
+    (tiny_toy_folder / "lmd_config.json").write_text(json.dumps(FAST))
+    try:
+        rc = toy_main(["--check-masks", "--n", "2", "--first-seed", "4", "--model", str(tiny_toy_folder)])
+    finally:
+        (tiny_toy_folder / "lmd_config.json").unlink()
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and re.fullmatch(r"masks: box fit IoU \d\.\d\d, mask IoU \d\.\d\d \(\d+ objects\)", out[-1])
 
 
 def test_calibration_keeps_the_best_value(tiny_toy):

@@ -103,6 +103,9 @@ def test_demo_draws_a_png(tmp_path, capsys):
     captured = capsys.readouterr()
     assert Layout.from_json(captured.out).meta["source"] == "offline planner"
     assert "offline planner" in captured.err and min(_png_size(out)) > 200
+    # each image's verdict from the toy detector, on stderr and under the image
+    verdicts = [line for line in captured.err.splitlines() if line.startswith(("plain sampling: ", "LMD: "))]
+    assert len(verdicts) == 2 and all(v.split(": ", 1)[1][0] in "✓✗" for v in verdicts), captured.err
 
 
 def test_commands_are_extensible():

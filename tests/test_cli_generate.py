@@ -52,3 +52,15 @@ def test_generate_never_caches_a_reply_stage_2_cannot_run(openai_server, tmp_pat
     cached = json.dumps(json.loads(cache.read_text(encoding="utf-8")))
     assert "A park" in cached and "a very long background" not in cached
     assert main(args) == 0 and len(openai_server.requests) == 2  # the second run reads the cache
+
+
+def test_generate_enlarges_small_images_for_viewing(tmp_path, capsys):
+    """The toy world's 32×32 image is written 8× larger (nearest neighbour); --scale 1 keeps the exact pixels."""
+    big, exact = tmp_path / "big.png", tmp_path / "exact.png"
+    base = ["generate", "a red circle", "--model", "toyworld", "--steps", "2", "--source", "planner"]
+    assert main(base + ["--out", str(big)]) == 0
+    assert "32×32 pixels shown 8× larger" in capsys.readouterr().err
+    assert main(base + ["--out", str(exact), "--scale", "1"]) == 0
+    with Image.open(big) as b, Image.open(exact) as e:
+        assert b.size == (256, 256) and e.size == (32, 32)
+        assert b.resize((32, 32), Image.NEAREST).tobytes() == e.tobytes()

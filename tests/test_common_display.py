@@ -74,3 +74,30 @@ def test_outline_mask_is_a_rectangle_or_a_contour_on_cell_edges():
     outline_mask(ax, torch.zeros(4, 8), 4, 8)  # nothing to outline
     assert not ax.patches and not ax.collections
     assert figure_to_png(ax.figure).startswith(b"\x89PNG")
+
+
+def test_halo_box_shows_on_any_background_and_labels_inside_the_canvas():
+    from lmd_utils.viz.common import halo_box, label_box
+
+    ax = Figure().subplots()
+    ax.imshow(torch.rand(8, 8, 3).numpy(), extent=(0, 8, 8, 0))
+    halo_box(ax, BOX, 8, 8, label="target")
+    (patch,) = ax.patches
+    effects = patch.get_path_effects()
+    assert patch.get_linestyle() == "--" and len(effects) == 2  # a dark dashed line over a light halo
+    assert effects[0]._gc["foreground"] == "white" and ax.texts[0].get_text() == "target"
+    right = Box("a long caption for a box at the right edge", 0.7, 0.6, 1.0, 0.95)
+    text = label_box(ax, right, 8, 8, right.phrase, wrap=12)
+    assert text.get_ha() == "right" and text.get_position()[0] <= 8  # ends at the box's right edge
+    assert text.get_text().count("\n") == 1  # wrapped, onto two lines at most
+    low = label_box(ax, Box("low", 0.1, 0.95, 0.3, 1.0), 8, 8, "low")
+    assert low.get_va() == "bottom" and low.get_position()[1] <= 8
+    above = label_box(ax, BOX, 8, 8, "above", outside=True)
+    assert above.get_va() == "bottom" and above.get_position()[1] < BOX.y0 * 8  # over the box, not on what is in it
+
+
+def test_image_grid_notes_are_readable():
+    images = [[torch.rand(3, 8, 8)]]
+    fig = image_grid_figure(images, ["row"], ["col"], boxes=[BOX], notes=[["0.87"]])
+    assert fig.axes[0].xaxis.label.get_fontsize() == 10
+    assert fig.axes[0].patches[0].get_path_effects()  # the target box has its halo

@@ -227,3 +227,49 @@ def test_compose_initial_masks_by_default_and_the_authors_bounding_boxes_at_step
     first = torch.where(small, objects[1].latents[0], first)
     assert torch.equal(theirs[0], first) and not torch.equal(theirs[0], composed[0])
     assert torch.equal(theirs[1:], composed[1:]) and torch.equal(union2, union)
+
+
+# -- the denoised estimate x̂₀ (the pictures of the frozen steps) ------------------------------------------
+def _ddim_run(config: dict, steps: int):
+    """A DDIM run with random model outputs: (latents x_T..x_0, the scheduler's own x̂₀ of each step, outputs)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler(**config)
+    ddim.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    latents, estimates, outputs = [x], [], []
+    for t in ddim.timesteps:
+        out = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        step = ddim.step(out, t, x)
+        x = step.prev_sample
+        latents.append(x), estimates.append(step.pred_original_sample), outputs.append(out)
+    return ddim, torch.stack(latents), torch.stack(estimates), outputs
+
+
+@pytest.mark.parametrize("config", [
+    dict(prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=1, clip_sample=False),  # toy
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, set_alpha_to_one=False,
+         steps_offset=1, clip_sample=False),  # Stable Diffusion 1.5's (epsilon)
+])
+def test_two_kept_latents_give_the_step_s_denoised_estimate(config):
+    from lmd_utils.composition import ddim_alphas, denoised_trajectory, implied_x0, predicted_x0
+
+    steps = 12
+    ddim, latents, estimates, outputs = _ddim_run(config, steps)
+    alphas = ddim_alphas(ddim, steps)
+    assert alphas[0].shape == alphas[1].shape == (steps,) and (alphas[1] > alphas[0]).all()
+    kind = ddim.config.prediction_type
+    for k in range(steps):  # from the model's output, and from the two latents around the step: the same x̂₀
+        torch.testing.assert_close(predicted_x0(latents[k], outputs[k], alphas[0][k], kind), estimates[k],
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(implied_x0(latents[k], latents[k + 1], alphas[0][k], alphas[1][k]),
+                                   estimates[k], atol=1e-3, rtol=1e-3)  # the scheduler's alphas are float32
+    trajectory = denoised_trajectory(latents, alphas)
+    assert trajectory.shape == latents.shape and torch.equal(trajectory[-1], latents[-1])  # the end is itself
+    with pytest.raises(ValueError, match="alphas"):
+        denoised_trajectory(latents[:-1], alphas)
+    with pytest.raises(ValueError, match="prediction_type"):
+        predicted_x0(latents[0], outputs[0], 0.5, "noise")
+    with pytest.raises(ValueError, match="not a denoising step"):
+        implied_x0(latents[0], latents[1], 0.9, 0.5)

@@ -42,10 +42,38 @@ def test_frozen_steps_figure_marks_the_frozen_steps():
     composed, union = compose_latents(torch.zeros(4, 3, 20, 20), torch.stack([a.latents for a in aligned]),
                                       torch.stack([a.mask for a in aligned]))
     fig = frozen_steps_figure(composed, composed[:, None], union, frozen_steps=2, steps=4)
-    assert len(fig.axes) == 8
-    assert [ax.get_title() for ax in fig.axes[:4]] == ["step 0", "step 1 (frozen)", "step 2 (frozen)", "step 3"]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 3 * 4 and len(fig.axes) == 3 * 4 + 1  # composed, overall, their difference; a colour bar
+    assert [ax.get_title() for ax in panels[:4]] == ["x_T", "after step 1 · frozen", "after step 2 · frozen", "end"]
     with pytest.raises(ValueError):
         frozen_steps_figure(composed, composed[:3], union, frozen_steps=2)
+
+
+def test_frozen_steps_figure_shows_where_the_estimates_agree():
+    """With the scheduler's alphas: x̂₀ rows, and a difference row that is zero inside the masks while frozen."""
+    from diffusers import DDIMScheduler
+
+    from lmd_utils.composition import ddim_alphas
+
+    T, F = 6, 3
+    g = torch.Generator().manual_seed(0)
+    union = torch.zeros(12, 12, dtype=torch.bool)
+    union[3:8, 2:9] = True
+    composed = torch.randn(T + 1, 3, 12, 12, generator=g)
+    overall = torch.randn(T + 1, 3, 12, 12, generator=g)
+    overall[: F + 1, :, union] = composed[: F + 1, :, union]  # pasted after each of the first F steps
+    overall[0] = composed[0]  # the same start
+    alphas = ddim_alphas(DDIMScheduler(), T)
+    fig = frozen_steps_figure(composed, overall, union, F, steps=list(range(T + 1)), alphas=alphas)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in panels[: T + 1]] == (
+        [f"step {k} · frozen" for k in range(1, F + 1)] + [f"step {k}" for k in range(F + 1, T + 1)] + ["end"])
+    assert [ax.get_ylabel() for ax in panels[:: T + 1]] == ["composed per-box x̂₀", "composed generation x̂₀",
+                                                           "|difference|\ninside the masks"]
+    difference = [ax.images[0].get_array() for ax in panels[2 * (T + 1):]]
+    assert all(float(d[union.numpy()].max()) == 0 for d in difference[:F])  # frozen: the same x̂₀ inside
+    assert all(float(d[union.numpy()].max()) > 0 for d in difference[F:])  # afterwards: its own
+    assert difference[0].mask[~union.numpy()].all()  # outside the masks the difference means nothing: not drawn
 
 
 def test_placement_comparison_figure_titles_the_mean_distance():

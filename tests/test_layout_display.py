@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmd_utils.layout import Layout
+from lmd_utils.layout import Box, Layout
 from lmd_utils.viz.common import figure_to_png
 from lmd_utils.viz.layout import draw_layouts
 
@@ -44,3 +44,25 @@ def test_draw_layouts_on_images_and_bad_arguments(layout):
         draw_layouts([])
     with pytest.raises(ValueError, match="1 titles for 2 layouts"):
         draw_layouts([layout, layout], titles=["x"])
+
+
+def test_draw_layouts_leaves_out_empty_prompts():
+    bare = Layout([Box("a red circle", 0.1, 0.1, 0.4, 0.4)], background="")  # the toy world's: no background
+    fig = draw_layouts([bare, Layout(background="", negative="dogs")], titles=["toy", "excluded"])
+    assert [ax.get_xlabel() for ax in fig.axes] == ["", "negative: dogs"]  # never a bare "background:"
+
+
+def test_box_captions_stay_inside_the_canvas():
+    """A caption of a box at the right edge ends at the box's right edge; a long one is wrapped."""
+    edge = Layout.from_xywh_objects([("a tall floor lamp next to the window", [440, 40, 72, 400]),
+                                     ("a gray sofa", [20, 200, 260, 160])])
+    fig = draw_layouts([edge], size=3.0)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lamp, sofa = ax.texts
+    assert lamp.get_ha() == "right" and lamp.get_position()[0] <= 512 and "\n" in lamp.get_text()
+    assert sofa.get_ha() == "left" and sofa.get_text() == "a gray sofa"
+    inside = ax.get_window_extent()
+    for text in (lamp, sofa):
+        box = text.get_window_extent()
+        assert inside.x0 - 1 <= box.x0 and box.x1 <= inside.x1 + 1  # drawn within the canvas, not cut at its edge

@@ -169,8 +169,46 @@ def test_threshold_object_mask_on_latent_grid():
     assert om.latent_mask.shape == (64, 64)
     assert not (om.latent_mask & ~inside).any()
     assert abs(om.area - 0.75 * int(inside.sum())) <= 1
-    norm = threshold_object_mask(amap, BOXES[0], latent_size=(64, 64))
-    assert not (norm.latent_mask & ~inside).any() and norm.area > 0
+    in_box = threshold_object_mask(amap, BOXES[0], latent_size=(64, 64))  # "normalized": in the box, cut to it
+    assert not (in_box.latent_mask & ~inside).any() and in_box.area > 0
+    with pytest.raises(ValueError):
+        threshold_object_mask(amap, BOXES[0], (64, 64), method="otsu")
+
+
+def test_object_mask_follows_the_object_over_its_box_but_drops_blobs_away_from_it():
+    """``method="object"``: the coarse mask's rule (normalised over the whole map, > 0.25) on the latent
+    grid, the blobs that touch the box; not cut to the box."""
+    from lmd_utils.masks import keep_blobs_touching, resize_maps
+
+    box = Box("a cat", 0.25, 0.25, 0.5, 0.5)  # cells 4..7 of 16
+    amap = blob(centre=(8.0, 8.0), width=1.5)  # an object centred on the box's corner: it spills over
+    amap = amap + blob(centre=(14.0, 2.5), width=0.8)  # and a duplicate far from the box
+    m = threshold_object_mask(amap, box, (32, 32), method="object")
+    inside = box.mask(32, 32, dtype=torch.bool)
+    assert (m.latent_mask & inside).any() and (m.latent_mask & ~inside).sum() > (m.latent_mask & inside).sum()
+    smooth = resize_maps(gaussian_blur(amap, 1.5), (32, 32))
+    whole = normalized_threshold_masks(smooth, None)
+    assert torch.equal(m.latent_mask, keep_blobs_touching(whole, inside))
+    assert whole[4, 28] and not m.latent_mask[4, 28]  # the duplicate's blob is dropped
+    assert torch.equal(m.coarse_mask, normalized_threshold_masks(gaussian_blur(amap, 1.5), None))  # SAM's coarse
+    # the earlier definition covers only the part of the object inside the box
+    cut = threshold_object_mask(amap, box, (32, 32), method="normalized").latent_mask
+    assert not (cut & ~inside).any() and cut.sum() < m.latent_mask.sum()
+
+
+def test_connected_blobs_and_keep_blobs_touching():
+    from lmd_utils.masks import connected_blobs, keep_blobs_touching
+
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[0:2, 0:2] = True
+    mask[4:6, 3:6] = True
+    mask[2, 5] = True  # touches the second blob diagonally only: its own blob (4-connectivity)
+    labels, n = connected_blobs(mask)
+    assert n == 3 and set(labels[mask].tolist()) == {1, 2, 3} and not labels[~mask].any()
+    region = torch.zeros(6, 6, dtype=torch.bool)
+    region[5, 5] = True
+    assert torch.equal(keep_blobs_touching(mask, region), (labels == labels[5, 5]))
+    assert torch.equal(keep_blobs_touching(mask, torch.zeros(6, 6, dtype=torch.bool)), mask)  # none touches: all
 
 
 def test_sweep_masks_are_nested_and_match_the_threshold_route():
@@ -183,9 +221,13 @@ def test_sweep_masks_are_nested_and_match_the_threshold_route():
     for wider, narrower in zip(masks[:-1], masks[1:]):
         assert not (narrower & ~wider).any()  # nested
     inside = BOX.mask(32, 32, dtype=torch.bool)
-    assert not (masks & ~inside).any()  # never outside the box
+    assert not (masks & ~inside).any()  # "normalized": never outside the box
     expected = threshold_object_mask(amap, BOX, (32, 32), method="normalized", threshold=0.25).latent_mask
     assert torch.equal(masks[1], expected)
+    following = threshold_sweep(amap, BOX, (32, 32), thresholds, method="object")
+    assert all(not (n & ~w).any() for w, n in zip(following[:-1], following[1:]))  # nested too
+    assert torch.equal(following[1], threshold_object_mask(amap, BOX, (32, 32), method="object").latent_mask)
+    assert (following[0] & ~inside).any()  # the low threshold's halo reaches over the box
     with pytest.raises(ValueError):
         threshold_sweep(amap, BOX, (32, 32), [])
 

@@ -21,9 +21,14 @@ def test_mask_figure_reports_area_and_iou_with_the_reference():
     fig = mask_figure(amap, BOX, (32, 32), threshold=0.25, image=torch.rand(3, 32, 32), reference=reference)
     assert isinstance(fig, Figure) and len(fig.axes) == 3
     mask = threshold_sweep(amap, BOX, (32, 32), [0.25])[0]
-    iou = mask.sum().item() / reference.sum().item()  # the mask lies inside the reference box here
+    iou = (mask & reference).sum().item() / (mask | reference).sum().item()
     title = fig.axes[2].get_title()
-    assert f"{int(mask.sum())} cells" in title and f"{iou:.2f}" in title
+    assert f"{int(mask.sum())} cells" in title and f"IoU with reference (dashed) {iou:.2f}" in title
+    assert "normalised in box" in fig.axes[1].get_title()
+    following = mask_figure(amap, BOX, (32, 32), reference=reference, method="object")
+    mask = threshold_sweep(amap, BOX, (32, 32), [0.25], method="object")[0]
+    assert "normalised over the map" in following.axes[1].get_title()
+    assert f"{int(mask.sum())} cells" in following.axes[2].get_title()
     sam = torch.zeros(64, 64, dtype=torch.bool)
     sam[20:40, 20:40] = True
     fig = mask_figure(amap, BOX, (32, 32), image=torch.rand(3, 64, 64), sam_mask=sam)
@@ -36,12 +41,17 @@ def test_mask_figure_reports_area_and_iou_with_the_reference():
 def test_threshold_sweep_figure_plots_area_and_iou():
     amap = blob()
     reference = BOX.mask(32, 32, dtype=torch.bool)
-    fig = threshold_sweep_figure(amap, BOX, (32, 32), thresholds=(0.1, 0.5, 0.9), reference=reference)
+    fig = threshold_sweep_figure(amap, BOX, (32, 32), thresholds=(0.1, 0.5, 0.9), reference=reference,
+                                 method="object")
     assert len(fig.axes) == 4
     lines = fig.axes[-1].get_lines()
     assert [line.get_label() for line in lines] == ["mask area / box area", "IoU with reference"]
     area = lines[0].get_ydata()
-    assert list(area) == sorted(area, reverse=True) and max(area) <= 1.0
+    assert list(area) == sorted(area, reverse=True)
+    assert fig.axes[-1].get_ylim()[1] >= max(area)  # a mask may be larger than its box: not cut to it
+    for ax, iou in zip(fig.axes[:3], lines[1].get_ydata()):  # the reference is drawn where it is scored
+        assert f"IoU {iou:.2f}" in ax.get_title()
+        assert any(p.get_linestyle() in ("--", "dashed") for p in ax.patches)  # the reference box, dashed
 
 
 def test_point_prompt_figure_marks_the_attention_peak():

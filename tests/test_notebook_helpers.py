@@ -378,3 +378,72 @@ def test_scripted_source_is_a_layout_source_for_the_benchmark():
                                           "A realistic photo of a scene with a red car and a blue cup"],
                                  progress=False)
     assert result.counts() == {"negation": (1, 1), "numeracy": (0, 1), "attribution": (0, 1)}
+
+
+# -- progress bars: widgets only for a person watching a notebook ----------------------------------------------
+@pytest.fixture
+def progress_env(monkeypatch):
+    """No $LMD_PROGRESS, no Jupyter server, no VS Code, no Colab; returns the monkeypatch."""
+    for name in ("LMD_PROGRESS", "JPY_SESSION_NAME", "VSCODE_PID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    return monkeypatch
+
+
+def test_progress_style_widgets_live_off_in_a_kernel_nobody_watches_text_elsewhere(progress_env):
+    from lmd_utils import progress
+
+    assert not progress.in_kernel() and progress.progress_style() == "text"  # pytest: a terminal
+    progress_env.setattr(progress, "in_kernel", lambda: True)
+    assert progress.progress_style() == "off"  # a kernel of nbconvert or nbval: nobody watches, nothing saved
+    progress_env.setenv("JPY_SESSION_NAME", "/home/me/01_cross_attention.ipynb")  # set by a Jupyter server
+    assert progress.live_front_end() and progress.progress_style() == "widgets"
+    progress_env.setenv("LMD_PROGRESS", "text")  # the variable wins
+    assert progress.progress_style() == "text"
+    progress_env.setenv("LMD_PROGRESS", "bars")
+    with pytest.raises(ValueError, match="LMD_PROGRESS"):
+        progress.progress_style()
+
+
+def test_progress_bar_is_text_or_hidden_outside_a_live_front_end(progress_env):
+    import tqdm.std
+
+    from lmd_utils import benchmark, progress, sampling
+
+    bar = progress.progress_bar(range(3), desc="x", disable=True)
+    assert type(bar) is tqdm.std.tqdm and list(bar) == [0, 1, 2]
+    progress_env.setenv("LMD_PROGRESS", "off")
+    hidden = progress.progress_bar(range(2))
+    assert hidden.disable and list(hidden) == [0, 1]
+    assert sampling.progress_bar is progress.progress_bar and benchmark.progress_bar is progress.progress_bar
+
+
+def test_library_bars_are_turned_off_only_in_a_kernel_without_widgets(progress_env):
+    from diffusers.utils import logging as diffusers_logging
+
+    from lmd_utils import progress
+
+    assert diffusers_logging.is_progress_bar_enabled()
+    assert not progress.quiet_library_bars("widgets") and not progress.quiet_library_bars("text")  # a terminal
+    assert diffusers_logging.is_progress_bar_enabled()
+    try:
+        assert progress.quiet_library_bars("off")
+        assert not diffusers_logging.is_progress_bar_enabled()
+    finally:
+        diffusers_logging.enable_progress_bar()
+        from huggingface_hub.utils import enable_progress_bars
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.enable_progress_bar()
+        enable_progress_bars()
+
+
+def test_lmd_utils_draws_its_bars_through_progress_bar():
+    """No module picks tqdm.auto itself (it would draw frozen widgets in saved notebooks) but those listed."""
+    from pathlib import Path
+
+    package = Path(notebook.__file__).parent
+    others = {"masks.py", "toyworld/benchmark.py", "toyworld/train.py"}  # to move to progress_bar by their owners
+    direct = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
+                    if "tqdm.auto" in p.read_text(encoding="utf-8") and p.name != "progress.py")
+    assert set(direct) <= others, f"use lmd_utils.progress.progress_bar in {sorted(set(direct) - others)}"

@@ -18,7 +18,8 @@ def test_trajectory_figure_has_one_row_per_box_and_one_column_per_step():
     fig = trajectory_figure(latents, steps=4, titles=["a", "b"], boxes=boxes)
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 4
     assert [ax.get_title() for ax in fig.axes[:4]] == ["x_T (start)", "after step 3", "after step 7", "after step 10"]
-    assert len(fig.axes[0].patches) == 1  # the generation box is outlined
+    assert len(fig.axes[0].patches) == 1  # the generation box is outlined, in gold (as notebook 03 says)
+    assert fig.axes[0].patches[0].get_edgecolor()[:3] == pytest.approx((1.0, 0.843, 0.0), abs=1e-3)
     assert figure_to_png(fig).startswith(b"\x89PNG")
     fig = trajectory_figure(torch.randn(5, 1, 4, 8, 8), steps=[0, 4], pixel_space=False)
     assert len(fig.axes) == 2

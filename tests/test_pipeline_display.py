@@ -32,6 +32,11 @@ def latent_result():
     return generate(pipe, LAYOUT, seed=1, config=_config(pipe, 64), progress=False)
 
 
+def pixel_pipe_scheduler():
+    """The scheduler of the pixel-space pipeline (a result keeps none)."""
+    return build_tiny_pipeline(seed=0, pixel_space=True, sample_size=16).scheduler
+
+
 @pytest.fixture(scope="module")
 def pixel_result():
     """Toy-world-shaped (the latents are the image)."""
@@ -68,7 +73,9 @@ def test_views_show_what_they_say(pixel_result):
     assert len(masks.axes) == n + 1 and "paste order" in masks.axes[-1].get_title()
     composed = result_figure(pixel_result, "composed vs overall")
     titles = [ax.get_title() for ax in composed.axes if ax.get_title()]
-    assert titles[0] == "step 0" and titles[-1] == f"step {T}" and any("(frozen)" in t for t in titles)
+    assert titles[0] == "x_T" and titles[-1] == "end" and any("frozen" in t for t in titles)
+    estimates = result_figure(pixel_result, "composed vs overall", scheduler=pixel_pipe_scheduler())
+    assert estimates.axes[0].get_ylabel() == "composed per-box x̂₀" and "x̂₀" in estimates._suptitle.get_text()
     energy = result_figure(pixel_result, "energy")
     labels = [line.get_label() for line in energy.axes[0].get_lines() if not line.get_label().startswith("_")]
     assert labels == [f"alone: {p}" for p in LAYOUT.phrases] + ["composed pass"]

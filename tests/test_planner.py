@@ -9,6 +9,7 @@ import pytest
 from lmd_utils.benchmark import benchmark_prompts
 from lmd_utils.layout import LayoutWarning
 from lmd_utils.planner import (
+    ModelLimits,
     ObjectGroup,
     OfflinePlanner,
     parse_prompt,
@@ -133,3 +134,72 @@ def test_planner_is_deterministic_and_a_layout_source():
     first = [planner.get_layout(p).to_json() for p in prompts]
     assert first == [planner.get_layout(p, sample=3).to_json() for p in prompts]
     assert planner.name == "offline planner"
+
+
+# -- what the planner did not understand ---------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, words", [
+    ("a cat sitting on a sofa", ["sitting"]),
+    ("빨간 원 두 개", ["빨간", "원", "두", "개"]),
+    ("two dogs playing in the park", ["playing"]),
+    ("a man with a hat riding a horse", ["with", "riding"]),
+    ("a cat that is sleeping", ["that", "is", "sleeping"]),
+])
+def test_words_not_understood_give_one_warning_pointing_to_the_llm(prompt, words):
+    with pytest.warns(LayoutWarning) as caught:
+        layout = plan_layout(prompt)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert all(repr(w) in message for w in words)
+    assert "LMD_LLM_MODEL" in message and "OPENAI_BASE_URL" in message and "OPENAI_API_KEY" in message
+    assert layout.meta["warnings"] == [message]
+    assert parse_prompt(prompt).unread == tuple(words)
+
+
+def test_long_lists_of_unknown_words_are_shortened():
+    prompt = " ".join(["고양이"] * 3 + [f"단어{i}" for i in range(60)])
+    with pytest.warns(LayoutWarning) as caught:
+        plan_layout(prompt)
+    assert len(caught) == 1 and len(str(caught[0].message)) < 600
+
+
+def test_the_grammar_and_the_benchmark_prompts_give_no_warning():
+    import warnings
+
+    prompts = list(benchmark_prompts()) + ["a sleeping cat and a red building", "a painting on the left",
+                                           "three apples on a table", "a cup of coffee", "a photo of a corgi"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LayoutWarning)
+        for p in prompts:
+            assert "warnings" not in plan_layout(p).meta, p
+
+
+# -- planning for a model that draws less: square boxes of given sides -----------------------------------------
+def test_box_sides_give_squares_in_range_at_the_same_centres():
+    groups = [ObjectGroup("a cup", 1, "left"), ObjectGroup("a bowl", 3, "right")]
+    free = place_groups(groups)
+    for grid in (None, 32):
+        square = place_groups(groups, box_sides=(0.2, 0.4), grid=grid)
+        assert [n for n, _ in square] == [n for n, _ in free]
+        for (_, (x, y, w, h)), (_, (fx, fy, fw, fh)) in zip(square, free):
+            assert w == h and 0.2 * 512 - 1 <= w <= 0.4 * 512 + 1
+            assert abs((x + w / 2) - (fx + fw / 2)) <= 8 and abs((y + h / 2) - (fy + fh / 2)) <= 8
+            if grid:
+                assert x % 16 == y % 16 == w % 16 == 0  # whole pixels of a 32-px image
+        for (_, a), (_, b) in itertools.combinations(square, 2):
+            assert a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1]
+
+
+def test_model_limits_set_background_and_name_words_outside_the_vocabulary():
+    limits = ModelLimits(box_sides=(0.25, 0.5), background="", vocabulary=("a", "red", "blue", "circle", "circles", "squares", "two"),
+                         name="the little model")
+    layout = plan_layout("two red circles without blue squares", limits)
+    assert layout.background == "" and len(layout) == 2 and "warnings" not in layout.meta  # "without" is read
+    with pytest.warns(LayoutWarning) as caught:
+        layout = plan_layout("A realistic photo of a red circle", limits)
+    assert len(caught) == 1 and "the little model does not know 'realistic', 'photo'" in str(caught[0].message)
+    assert layout.meta["warnings"] == [str(caught[0].message)]
+    assert OfflinePlanner(limits).get_layout("a red circle").background == ""
+    with pytest.raises(ValueError):
+        ModelLimits(box_sides=(0.5, 0.2))
+    with pytest.raises(ValueError):
+        ModelLimits(grid=32)

@@ -17,8 +17,11 @@ Methods, from the same seed (the prompt's seed is the image seed, so both start 
 
 * ``sd``: plain sampling of the prompt (classifier-free guidance against the empty prompt, no negative prompt:
   the paper's SD baseline), batched across prompts;
-* ``lmd``: the offline planner's layout (:func:`~lmd_utils.planner.plan_layout`; "without X" becomes the negative
-  prompt) → :func:`~lmd_utils.pipeline.generate`.
+* ``lmd``: the offline planner's layout for the toy model (:func:`~lmd_utils.toyworld.model.toy_layout`: square
+  boxes of the sizes the toy model was trained on, 7–13 px, where the planner places its boxes; "without X" becomes
+  the negative prompt) → :func:`~lmd_utils.pipeline.generate`, its masks refined as the paper's default does with
+  SAM, here with the toy world's SAM stand-in (:class:`~lmd_utils.toyworld.segment.FlatColourSegmenter`;
+  ``masks="attention"``: the threshold route instead, :data:`MASK_SOURCES`).
 
 Both use the model's LMD settings (:func:`toy_lmd_config`: the folder's ``lmd_config.json``, else
 :data:`~lmd_utils.toyworld.model.TOYWORLD_LMD_CONFIG`) for steps and CFG scale.
@@ -31,6 +34,11 @@ Where we differ from the paper: the toy numeracy task asks for 2–4 objects (th
 1–5; the spatial and attribution objects carry a colour (toy objects are coloured shapes); scoring uses the toy
 detector instead of OWL-ViT.
 
+Mask check (:func:`check_masks`, ``python -m lmd_utils.toyworld.benchmark --check-masks``): the per-box pass of
+the LMD method on benchmark layouts, scored by the detector: how well each per-box object fills its generation box
+(box fit IoU), and how well the mask stage 2 extracts (:func:`~lmd_utils.masks.extract_object_masks`, as
+:func:`~lmd_utils.pipeline.generate` calls it) covers the object's silhouette (mask IoU).
+
 It is one module (prompts, the two methods, scoring, the calibration search, the model checks and their command
 line) because all of them draw the same prompts and score them with the same detector.
 """
@@ -42,9 +50,9 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,18 +60,26 @@ from tqdm.auto import tqdm
 
 from ..attention import ALL_LAYERS, AttentionStore, mass_inside_box, word_token_indices
 from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, run_benchmark
-from ..layout import CANVAS_SIZE
+from ..layout import CANVAS_SIZE, Box, Layout
+from ..masks import extract_object_masks, mask_iou, resize_masks
 from ..models import decode_latents, default_resolution, encode_prompts, initial_noise, is_pixel_space
 from ..config import LMDConfig
-from ..pipeline import generate
+from ..per_box import run_per_box
+from ..pipeline import configured_layout, generate
 from ..planner import plan_layout
 from ..sampling import denoise
-from .detector import detect, detect_boxes
-from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_LMD_CONFIG
-from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES
+from ..sam import SamBackend
+from .detector import Detection, detect, detect_boxes
+from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_LMD_CONFIG, toy_layout
+from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES, parse_phrase
+from .segment import FlatColourSegmenter
 
 METHODS = ("sd", "lmd")
 METHOD_NAMES = {"sd": "plain sampling (same seed, steps and CFG)", "lmd": "LMD (offline planner layout)"}
+#: How the ``lmd`` method's object masks are made: ``"segmenter"`` (the paper's SAM route, with the toy world's SAM
+#: stand-in :class:`~lmd_utils.toyworld.segment.FlatColourSegmenter`) or ``"attention"`` (the threshold route,
+#: ``LMDConfig.mask_method``: attention alone).
+MASK_SOURCES = ("segmenter", "attention")
 #: Default seed ranges: the report starts at 0, calibration at 10000 (disjoint for any n_per_task <= 10000).
 REPORT_FIRST_SEED = 0
 CALIBRATION_FIRST_SEED = 10000
@@ -235,13 +251,40 @@ def plain_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, batch_si
     return torch.cat(out)
 
 
-def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: bool = True) -> torch.Tensor:
-    """LMD for every prompt: planner layout → :func:`~lmd_utils.pipeline.generate`; ``(N, 3, H, W)`` in [0, 1]."""
+#: Where the ``lmd`` method's layouts come from: ``"toy"`` (:func:`~lmd_utils.toyworld.model.toy_layout`, boxes the
+#: toy model can draw) or ``"default"`` (:func:`~lmd_utils.planner.plan_layout` as for Stable Diffusion: rectangles
+#: of 0.35–0.7 of the canvas, what the benchmark used before; kept to measure the difference).
+LAYOUT_PLANNERS: dict[str, Callable[[str], Layout]] = {"toy": toy_layout, "default": plan_layout}
+
+
+def benchmark_layout(prompt: str, planner: str = "toy") -> Layout:
+    """The layout the ``lmd`` method gets for ``prompt`` (:data:`LAYOUT_PLANNERS`)."""
+    if planner not in LAYOUT_PLANNERS:
+        raise ValueError(f"unknown planner {planner!r}; choose from {', '.join(LAYOUT_PLANNERS)}")
+    return LAYOUT_PLANNERS[planner](prompt)
+
+
+def mask_backend(masks: str = "segmenter") -> SamBackend | None:
+    """The SAM backend :func:`~lmd_utils.pipeline.generate` gets for ``masks`` (:data:`MASK_SOURCES`): the toy
+    world's SAM stand-in, or ``None`` (the threshold route)."""
+    if masks.startswith("segmenter+"):  # experiments: the segmenter's masks grown by N pixels ("segmenter+1")
+        return FlatColourSegmenter(margin=int(masks.split("+", 1)[1]))
+    if masks not in MASK_SOURCES:
+        raise ValueError(f"unknown masks {masks!r}; choose from {', '.join(MASK_SOURCES)}")
+    return FlatColourSegmenter() if masks == "segmenter" else None
+
+
+def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: bool = True,
+               planner: str = "toy", masks: str = "segmenter") -> torch.Tensor:
+    """LMD for every prompt: the planner's layout (:func:`benchmark_layout`) → :func:`~lmd_utils.pipeline.generate`
+    with the masks of ``masks`` (:func:`mask_backend`); ``(N, 3, H, W)`` in [0, 1]."""
     out = []
+    sam = mask_backend(masks)
     bar = tqdm(prompts, desc="lmd", unit="img", disable=not progress)
     start = time.perf_counter()
     for i, p in enumerate(bar, start=1):
-        out.append(generate(pipe, plan_layout(p.prompt), seed=p.seed, config=config, progress=False).image)
+        out.append(generate(pipe, benchmark_layout(p.prompt, planner), seed=p.seed, config=config, sam=sam,
+                            progress=False).image)
         bar.set_postfix_str(f"{(time.perf_counter() - start) / i:.2f} s/img")
     return torch.stack(out)
 
@@ -325,6 +368,105 @@ def single_object_check(pipe, n: int = 120, first_seed: int = REPORT_FIRST_SEED,
                               time.perf_counter() - t0)
 
 
+# =============================================================================================================
+# Mask check: does each per-box object fill its generation box, and does its mask cover it?
+# =============================================================================================================
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes (normalised corners)."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def per_box_object(image: torch.Tensor | np.ndarray, phrase: str) -> Detection | None:
+    """The object a per-box image drew for its caption: the largest detection of the caption's colour (its shape
+    may be wrong: the check is about where and how large it is), ``None`` if there is none.  ``image``: ``(3, H,
+    W)`` in [0, 1] (``PerBoxResult.images``) or ``(H, W, 3)``."""
+    colour, _ = parse_phrase(phrase)
+    found = [d for d in detect(image, value_range=(0, 1)) if d.colour == colour]
+    return max(found, key=lambda d: d.pixels) if found else None
+
+
+def mask_check_prompts(n: int, first_seed: int = REPORT_FIRST_SEED) -> list[ToyPrompt]:
+    """``n`` benchmark prompts, the four tasks in turn (seeds ``first_seed, first_seed, ...`` per task)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    per_task = -(-n // len(TASKS))
+    by_task = [toy_benchmark_prompts(first_seed, per_task, [task]) for task in TASKS]
+    return [by_task[t][i] for i in range(per_task) for t in range(len(TASKS))][:n]
+
+
+@dataclass
+class MaskCheckReport:
+    """Per per-box object of the checked layouts: IoU of its detected box with its generation box, and IoU of the
+    extracted mask (up-sampled to the image) with its detected silhouette.  An object the detector does not find
+    (no blob of the caption's colour) scores 0 on both and is counted in ``missing``."""
+
+    n_layouts: int
+    box_ious: list[float]
+    mask_ious: list[float]
+    missing: int
+    seconds: float
+    masks: str = "segmenter"
+    planner: str = "toy"
+
+    @property
+    def box_fit_iou(self) -> float:
+        return float(np.mean(self.box_ious)) if self.box_ious else float("nan")
+
+    @property
+    def mask_iou(self) -> float:
+        return float(np.mean(self.mask_ious)) if self.mask_ious else float("nan")
+
+    def format(self) -> str:
+        """Two lines; the last: ``masks: box fit IoU X.XX, mask IoU Y.YY (K objects)``."""
+        return (f"{self.n_layouts} layouts ({self.planner} planner), masks: {self.masks}: "
+                f"{self.missing} of {len(self.box_ious)} per-box objects not found by the detector (scored 0); "
+                f"{self.seconds:.0f} s\n"
+                f"masks: box fit IoU {self.box_fit_iou:.2f}, mask IoU {self.mask_iou:.2f} "
+                f"({len(self.box_ious)} objects)")
+
+
+@torch.no_grad()
+def check_masks(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, planner: str = "toy",
+                masks: str = "segmenter", progress: bool = True) -> MaskCheckReport:
+    """The per-box pass and the masks of the ``lmd`` method on each prompt's layout (:func:`benchmark_layout`),
+    as :func:`~lmd_utils.pipeline.generate` runs them (same seed, layout as configured, the same mask call with
+    :func:`mask_backend`'s backend), scored with the toy detector: see :class:`MaskCheckReport`."""
+    check_toy_pipeline(pipe)
+    sam = mask_backend(masks)
+    height, width = config.resolution(pipe)
+    box_ious: list[float] = []
+    mask_ious: list[float] = []
+    missing = 0
+    t0 = time.perf_counter()
+    for p in tqdm(prompts, desc="masks", unit="layout", disable=not progress):
+        layout = configured_layout(benchmark_layout(p.prompt, planner), config)
+        if not layout.boxes:
+            continue
+        shared = initial_noise(pipe, 1, height, width, p.seed)
+        per_box = run_per_box(pipe, layout, p.seed, config, shared, progress=False)
+        found_masks = extract_object_masks(
+            per_box.mask_maps, per_box.plan.generation_boxes, tuple(shared.shape[-2:]),
+            images=list(per_box.images) if sam is not None else None, backend=sam, progress=False,
+            **({"rules": config.sam_rules} if sam is not None else {"method": config.mask_method}))
+        for image, box, m in zip(per_box.images, per_box.plan.generation_boxes, found_masks):
+            found = per_box_object(image, box.phrase)
+            if found is None:
+                missing += 1
+                box_ious.append(0.0)
+                mask_ious.append(0.0)
+                continue
+            silhouette = torch.from_numpy(found.silhouette)
+            mask = resize_masks(m.latent_mask.cpu(), tuple(silhouette.shape), rule="nearest")
+            box_ious.append(box_iou(found.box, box))
+            mask_ious.append(float(mask_iou(silhouette, mask[None])[0]))
+    label = masks if sam is not None else f"{masks} ({config.mask_method})"
+    return MaskCheckReport(len(prompts), box_ious, mask_ious, missing, time.perf_counter() - t0, label, planner)
+
+
 @dataclass
 class MethodRun:
     """One method on the toy benchmark: its scores, images (``(N, 3, H, W)`` in [0, 1]), wall and CPU time.
@@ -394,8 +536,10 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
 
 def run_toy_benchmark(pipe, methods: str | Iterable[str] = METHODS, first_seed: int = REPORT_FIRST_SEED,
                       n_per_task: int = 100, config: LMDConfig | None = None, batch_size: int = 50,
-                      progress: bool = True) -> ToyBenchmarkReport:
-    """Generate and score the toy benchmark with each method (same prompts, same seeds)."""
+                      progress: bool = True, planner: str = "toy", masks: str = "segmenter") -> ToyBenchmarkReport:
+    """Generate and score the toy benchmark with each method (same prompts, same seeds); ``planner``: where the
+    ``lmd`` method's layouts come from (:data:`LAYOUT_PLANNERS`), ``masks``: how its masks are made
+    (:data:`MASK_SOURCES`)."""
     check_toy_pipeline(pipe)
     config = config or toy_lmd_config(pipe)
     prompts = toy_benchmark_prompts(first_seed, n_per_task)
@@ -405,12 +549,12 @@ def run_toy_benchmark(pipe, methods: str | Iterable[str] = METHODS, first_seed: 
         if method == "sd":
             images = plain_images(pipe, prompts, config, batch_size, progress)
         else:
-            images = lmd_images(pipe, prompts, config, progress)
+            images = lmd_images(pipe, prompts, config, progress, planner, masks)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         runs[method] = MethodRun(method, score_images(prompts, images, method), images, seconds, cpu)
     meta = {"first_seed": first_seed, "n_per_task": n_per_task, "threads": torch.get_num_threads(),
             "model": str(getattr(pipe, "name_or_path", "")), "steps": config.num_inference_steps,
-            "guidance_scale": config.guidance_scale}
+            "guidance_scale": config.guidance_scale, "planner": planner, "masks": masks}
     return ToyBenchmarkReport(prompts, runs, config, meta)
 
 
@@ -536,7 +680,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--calibrate", action="store_true", help="run the coordinate search")
     mode.add_argument("--check-model", action="store_true",
                       help="single-object accuracy of plain sampling and attention mass in the detected box")
-    p.add_argument("--n", type=int, default=120, help="--check-model: number of single-object prompts")
+    mode.add_argument("--check-masks", action="store_true",
+                      help="per-box objects of benchmark layouts: IoU of each object's box with its generation box "
+                           "and of its extracted mask with its silhouette (last line: masks: box fit IoU X, mask IoU "
+                           "Y (K objects))")
+    p.add_argument("--n", type=int, default=None,
+                   help="--check-model: single-object prompts (default 120); --check-masks: layouts (default 40)")
+    p.add_argument("--planner", choices=sorted(LAYOUT_PLANNERS), default="toy",
+                   help="--check-masks: the layouts, 'toy' (what the lmd method gets) or 'default' (Stable "
+                        "Diffusion's box sizes)")
+    p.add_argument("--masks", choices=MASK_SOURCES, default="segmenter",
+                   help="--check-masks: the lmd method's masks, 'segmenter' (the toy SAM stand-in) or 'attention' "
+                        "(the threshold route)")
+    p.add_argument("--mask-method", default=None,
+                   help="--check-masks --masks attention: LMDConfig.mask_method (default: the model's LMD settings)")
     p.add_argument("--model", default="toyworld", help="'toyworld' or a toy-world diffusers folder")
     p.add_argument("--first-seed", type=int, default=None,
                    help=f"default: {CALIBRATION_FIRST_SEED} for --calibrate, {REPORT_FIRST_SEED} for --check-model")
@@ -548,10 +705,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", type=Path, default=None, help="write the best settings as JSON here "
                                                             "(e.g. the model folder's lmd_config.json)")
     args = p.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        p.error("--n must be >= 1")
     pipe = load_pipeline(args.model, device="cpu")
     if args.check_model:
         first = REPORT_FIRST_SEED if args.first_seed is None else args.first_seed
-        print(single_object_check(pipe, args.n, first).format())
+        print(single_object_check(pipe, args.n or 120, first).format())
+        return 0
+    if args.check_masks:
+        first = REPORT_FIRST_SEED if args.first_seed is None else args.first_seed
+        config = toy_lmd_config(pipe)
+        if args.mask_method:
+            config = replace(config, mask_method=args.mask_method)
+        report = check_masks(pipe, mask_check_prompts(args.n or 40, first), config, args.planner, args.masks)
+        print(report.format())
         return 0
     knobs = CALIBRATION_KNOBS
     if args.knobs:
@@ -577,7 +744,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = ["ToyPrompt", "toy_prompt", "toy_benchmark_prompts", "detected_objects", "score_images",
            "four_task_average", "SingleObjectReport", "single_object_prompts", "single_object_check",
            "toy_lmd_config", "merged_settings", "plain_images",
-           "lmd_images", "MethodRun", "ToyBenchmarkReport", "run_toy_benchmark", "parse_methods",
+           "lmd_images", "LAYOUT_PLANNERS", "benchmark_layout", "MASK_SOURCES", "mask_backend", "box_iou", "per_box_object", "mask_check_prompts",
+           "MaskCheckReport", "check_masks", "MethodRun", "ToyBenchmarkReport", "run_toy_benchmark", "parse_methods",
            "CALIBRATION_KNOBS", "calibrate", "CalibrationResult", "Trial", "evaluate_settings", "main"]
 
 if __name__ == "__main__":

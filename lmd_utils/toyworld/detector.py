@@ -19,7 +19,7 @@ nothing extra, and for spatial captions the named sides), like the paper's per-t
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -43,7 +43,10 @@ SILHOUETTE_TRIM = 0.03
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected object: colour, shape, its tight normalised box, pixel count and silhouette features."""
+    """One detected object: colour, shape, its tight normalised box, pixel count and silhouette features.
+
+    ``silhouette``: its pixels, a bool ``(H, W)`` array at the image's resolution (not compared, not shown).
+    """
 
     colour: str
     shape: str
@@ -51,6 +54,7 @@ class Detection:
     pixels: int
     fill: float
     taper: float
+    silhouette: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def phrase(self) -> str:
@@ -168,7 +172,7 @@ def detect(image, tolerance: float = 100.0, min_pixels: int = 6,
             fill, taper = silhouette_features(comps[y0:y1, x0:x1] == k)
             shape = classify_shape(fill, taper)
             box = Box(object_phrase(colour, shape), x0 / w, y0 / h, x1 / w, y1 / h)
-            found.append(Detection(colour, shape, box, len(ys), fill, taper))
+            found.append(Detection(colour, shape, box, len(ys), fill, taper, silhouette=comps == k))
     found.sort(key=lambda d: (d.box.y0, d.box.x0))
     return found
 

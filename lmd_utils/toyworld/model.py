@@ -29,8 +29,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..layout import Layout
 from ..offline_tokenizer import build_clip_tokenizer, single_token_order
-from .scenes import IMAGE_SIZE, VOCABULARY
+from ..planner import ModelLimits, plan_layout
+from .scenes import IMAGE_SIZE, SIZE_RANGE, VOCABULARY
 
 #: The pipeline's VaeImageProcessor assumes an 8× VAE when there is none: height/width passed to the pipeline
 #: are ``8 × image size`` so that its latents are our images.
@@ -59,6 +61,9 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: is the fastest, and larger η bent per-box circles into squares and triangles); no composed-pass guidance 55 %,
 #: 8 guided steps with 2 iterations 42.5 %, so the 6 × 1 schedule stays.  Kept, without a new search, for the
 #: shipped step-10000 model (seeds 0+, 100 prompts per task: LMD 92.0 %, plain sampling 66.5 %).
+#: ``mask_method="object"`` (:func:`~lmd_utils.masks.threshold_object_mask`): the threshold route's mask follows the
+#: object over its box's edge (the toy model often draws it a few pixels off the box); the toy benchmark itself
+#: refines the masks with the toy world's SAM stand-in (:mod:`lmd_utils.toyworld.segment`).
 TOYWORLD_LMD_CONFIG: dict = {
     "num_inference_steps": 15,
     "guidance_scale": 4.0,
@@ -71,8 +76,33 @@ TOYWORLD_LMD_CONFIG: dict = {
     "overall_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 6,
                          "layers": list(TOYWORLD_ENCODER_LAYERS)},
     "mask_start_step": 3,
+    "mask_method": "object",
     "frozen_ratio": 0.5,
 }
+
+
+#: What the offline planner must plan for when the toy model draws the layout (:func:`toy_layout`): square boxes
+#: with a side in the trained size range (:data:`~lmd_utils.toyworld.scenes.SIZE_RANGE`, 7–13 px of 32), on whole
+#: pixels; the background the toy LMD settings give stage 2 (``""``: the toy model learnt bare captions); and its
+#: vocabulary, so that words it never learnt are named.
+TOY_PLANNER_LIMITS = ModelLimits(box_sides=SIZE_RANGE, grid=IMAGE_SIZE, background=TOYWORLD_LMD_CONFIG["background"],
+                                 vocabulary=VOCABULARY, name="the toy model")
+
+
+def toy_layout(prompt: str, config=None) -> Layout:
+    """The offline planner's layout of ``prompt`` for the toy model (:data:`TOY_PLANNER_LIMITS`): boxes the toy model
+    can draw (squares of 7–13 px, where the planner places its boxes), the toy background, and one
+    :class:`~lmd_utils.layout.LayoutWarning` naming words the planner or the toy model does not know.
+
+    ``config`` (an :class:`~lmd_utils.config.LMDConfig`, optional): its ``background``, when set, is the layout's
+    (stage 2 would replace the layout's by it anyway, :func:`~lmd_utils.pipeline.configured_layout`).
+    """
+    limits = TOY_PLANNER_LIMITS
+    if config is not None and config.background is not None and config.background != limits.background:
+        from dataclasses import replace
+
+        limits = replace(limits, background=config.background)
+    return plan_layout(prompt, limits)
 
 
 @dataclass

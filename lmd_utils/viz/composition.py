@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from ..attention import mass_inside_box
-from ..composition import AlignedObject, box_centre_distances, center_of_mass, foreground_indices, paste_order
+from ..composition import (AlignedObject, box_centre_distances, center_of_mass, denoised_trajectory, foreground_indices,
+                           paste_order)
 from ..layout import Box, draw_box
 from ..sam import as_uint8_image
 from .common import evenly_spaced_steps, frame_axes, latents_to_rgb, outline_mask
@@ -80,13 +81,21 @@ def frozen_steps_figure(
     steps: Sequence[int] | int = 6,
     pixel_space: bool = True,
     size: float = 1.5,
+    alphas: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Figure:
-    """The composed trajectory (top) and the overall generation (bottom) at a few steps.
+    """The frozen steps, as three rows: the composed per-box trajectory, the composed generation ("overall"), and
+    where they differ inside the masks.
 
-    ``composed`` ``(T + 1, C, h, w)`` and ``overall`` ``(T + 1, C, h, w)`` (or ``(T + 1, 1, C, h, w)``), entry 0
-    the start noise; ``union_mask`` outlines the foreground.  Up to step ``frozen_steps`` the overall latent
-    equals the composed one inside the mask (the titles say which steps are frozen); afterwards it evolves
-    freely and blends objects with the background.
+    ``composed`` and ``overall`` ``(T + 1, C, h, w)`` (or ``(T + 1, 1, C, h, w)``) are kept trajectories, entry 0
+    the start noise; ``union_mask`` ``(h, w)`` is outlined on every panel.  With ``alphas`` (from
+    :func:`~lmd_utils.composition.ddim_alphas`) the rows show the **denoised estimate x̂₀** of each step
+    (:func:`~lmd_utils.composition.denoised_trajectory`): the picture each step is heading for, which raw ``x_t``,
+    mostly noise in the first steps, hides.  Without, they show ``x_t``.  ``steps`` are entries of the trajectories;
+    the titles count steps from 1: entry ``k`` is x̂₀ of step ``k + 1`` (made from the latents before it), or
+    ``x_t`` after step ``k``; the last entry is the end.  The composed row is
+    shown inside the masks only (nothing else of it is ever used); the third row is ``|overall − composed|``
+    inside the masks, on one scale for all columns (colour bar): zero in the frozen steps (blue frames), when the
+    foreground is pasted, and growing once the whole picture evolves together.
     """
     if overall.ndim == 5:
         overall = overall[:, 0]
@@ -94,25 +103,50 @@ def frozen_steps_figure(
         raise ValueError(f"composed {tuple(composed.shape)} and overall {tuple(overall.shape)} differ")
     entries = composed.shape[0]
     chosen = evenly_spaced_steps(entries, steps) if isinstance(steps, int) else list(steps)
+    if not chosen or min(chosen) < 0 or max(chosen) >= entries:
+        raise ValueError(f"steps {chosen} outside 0..{entries - 1}")
+    composed, overall = composed.detach().float().cpu(), overall.detach().float().cpu()
+    if alphas is not None:
+        composed, overall = denoised_trajectory(composed, alphas), denoised_trajectory(overall, alphas)
+    what = "x̂₀" if alphas is not None else "x_t"
+    inside = union_mask.detach().cpu().bool()
     h, w = composed.shape[-2:]
-    rows = (("composed per-box", latents_to_rgb(composed[chosen], pixel_space)),
-            ("overall pass", latents_to_rgb(overall[chosen], pixel_space)))
-    fig = Figure(figsize=(size * len(chosen) + 0.8, 2 * size + 0.6), layout="constrained")
-    axes = fig.subplots(2, len(chosen), squeeze=False)
-    m = union_mask.detach().cpu().float().numpy()
-    for r, (name, rgb) in enumerate(rows):
-        for c, k in enumerate(chosen):
+    rgb_composed = latents_to_rgb(composed[chosen], pixel_space).clone()
+    rgb_composed[:, ~inside] = 0.85  # the composed latents outside the masks are never used
+    difference = (overall[chosen] - composed[chosen]).abs().mean(dim=1)  # (k, h, w), mean over channels
+    top = float(difference[:, inside].max()) if inside.any() else 0.0
+    rows = ((f"composed per-box {what}", rgb_composed), (f"composed generation {what}",
+                                                         latents_to_rgb(overall[chosen], pixel_space)))
+    fig = Figure(figsize=(size * len(chosen) + 1.2, 3 * size + 0.9), layout="constrained")
+    axes = fig.subplots(3, len(chosen), squeeze=False)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.85")
+    m = inside.float().numpy()
+    for c, k in enumerate(chosen):
+        end = k == entries - 1
+        frozen = (k < frozen_steps) if alphas is not None else (1 <= k <= frozen_steps)
+        name = "end" if end else (f"step {k + 1}" if alphas is not None else ("x_T" if k == 0 else f"after step {k}"))
+        for r, (label, rgb) in enumerate(rows):
             ax = axes[r, c]
             ax.imshow(rgb[c].numpy(), extent=(0, w, h, 0), interpolation="nearest")
-            outline_mask(ax, m, h, w, linewidth=0.8)
-            frozen = 1 <= k <= frozen_steps
-            frame_axes(ax, h, w, (f"step {k}" + (" (frozen)" if frozen else "")) if r == 0 else "")
-            if frozen and r == 1:
-                for spine in ax.spines.values():
-                    spine.set_edgecolor("tab:blue")
-                    spine.set_linewidth(2)
-        axes[r, 0].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"first {frozen_steps} of {entries - 1} steps frozen inside the masks (white outline)", fontsize=9)
+            outline_mask(ax, m, h, w, colour="0.1", linewidth=0.9, halo="white")
+            frame_axes(ax, h, w, (name + (" · frozen" if frozen else "")) if r == 0 else "")
+        ax = axes[2, c]
+        shown = difference[c].masked_fill(~inside, float("nan")).numpy()
+        image = ax.imshow(shown, extent=(0, w, h, 0), interpolation="nearest", cmap=cmap, vmin=0, vmax=top or 1.0)
+        outline_mask(ax, m, h, w, colour="0.1", linewidth=0.9, halo="white")
+        frame_axes(ax, h, w, "")
+        if frozen:
+            for spine in (*axes[1, c].spines.values(), *axes[2, c].spines.values()):
+                spine.set_edgecolor("tab:blue")
+                spine.set_linewidth(2)
+    for r, label in enumerate([rows[0][0], rows[1][0], "|difference|\ninside the masks"]):
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    bar = fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
+    bar.set_label(f"|{what} difference|", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    steps_word = "steps" if alphas is not None else "entries"
+    fig.suptitle(f"the first {frozen_steps} of {entries - 1} steps frozen inside the masks (outlined; blue frames): "
+                 f"{what} of the chosen {steps_word}", fontsize=9)
     return fig
 
 

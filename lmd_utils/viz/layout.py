@@ -25,10 +25,11 @@ def draw_layouts(
 
     ``titles`` (wrapped to ``title_width`` characters) default to :meth:`Layout.draw`'s own (background and
     negative prompt); with ``titles`` and ``show_prompts``, the background and negative prompts are written
-    under each canvas, so the picture shows the whole layout.  ``images`` (optional, one per layout, ``None``
-    allowed) are drawn under the boxes.  Captions are clipped at the canvas edge so that a long one cannot
-    squeeze the grid.  Returns a figure that is not registered with pyplot: a cell that ends with it shows it
-    once (see :func:`~lmd_utils.notebook.enable_inline_figures`), and nothing leaks between cells.
+    under each canvas, so the picture shows the whole layout (an empty one is left out, and nothing is written
+    when both are empty).  ``images`` (optional, one per layout, ``None`` allowed) are drawn under the boxes.
+    Captions are written inside the canvas (:meth:`Layout.draw`) and kept out of the grid's layout.  Returns a
+    figure that is not registered with pyplot: a cell that ends with it shows it once (see
+    :func:`~lmd_utils.notebook.enable_inline_figures`), and nothing leaks between cells.
     """
     layouts = list(layouts)
     if not layouts:
@@ -45,13 +46,15 @@ def draw_layouts(
         if title is not None:
             title = "\n".join(textwrap.wrap(title, title_width)) or " "
         layout.draw(ax=ax, image=images[i] if images is not None else None, title=title)
-        for text in ax.texts:  # box captions: cut at the canvas edge, and left out of the grid's layout
+        for text in ax.texts:  # box captions: inside the canvas, and left out of the grid's layout
             text.set_clip_on(True)
             text.set_in_layout(False)
         if title is not None and show_prompts:
-            notes = [f"background: {layout.background}"] + ([f"negative: {layout.negative}"] if layout.negative else [])
-            ax.set_xlabel("\n".join(line for note in notes for line in textwrap.wrap(note, title_width + 6)),
-                          fontsize=8, color="0.3")
+            notes = [f"{name}: {text}" for name, text in (("background", layout.background),
+                                                           ("negative", layout.negative)) if text.strip()]
+            if notes:
+                ax.set_xlabel("\n".join(line for note in notes for line in textwrap.wrap(note, title_width + 6)),
+                              fontsize=8, color="0.3")
     for ax in axes[len(layouts):]:
         ax.set_visible(False)
     return fig

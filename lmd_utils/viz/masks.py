@@ -1,5 +1,9 @@
 """Pictures of the mask extraction (notebook 04): one object's road from attention to mask, the mask at several
-thresholds, and the point and coarse mask SAM is given."""
+thresholds, and the point and coarse mask SAM is given.
+
+The threshold route's mask is :func:`~lmd_utils.masks.threshold_object_mask`'s (``method``: ``"normalized"``,
+normalised in the box and cut to it, or ``"object"``, normalised over the whole map, the blobs touching the box).  A ``reference`` (e.g. the object's pixels from the toy detector) is outlined dashed yellow in every
+panel it is scored against."""
 
 from __future__ import annotations
 
@@ -13,6 +17,13 @@ from ..layout import Box, draw_box
 from ..sam import as_uint8_image
 from ..masks import (COARSE_THRESHOLD, SAM_POINT_SIGMA, _as_batch, argmax_points, gaussian_blur,
                      mask_iou, normalized_threshold_masks, resize_maps, threshold_sweep)
+
+REFERENCE_COLOUR = (1.0, 0.85, 0.0)
+
+
+def _reference(ax, reference: torch.Tensor, height: int, width: int) -> None:
+    """Outline ``reference`` (bool, any size drawn on the ``height``×``width`` frame) dashed yellow, unfilled."""
+    _overlay(ax, reference.bool(), height, width, colour=REFERENCE_COLOUR, alpha=0.0, linestyle="dashed")
 from .common import frame_axes, outline_mask
 
 
@@ -39,12 +50,16 @@ def mask_figure(
     title: str | None = None,
     size: float = 2.3,
     sam_label: str = "SAM mask",
+    method: str = "normalized",
 ) -> Figure:
     """One object's road from attention to mask: the raw map ``A_i``, the smoothed and normalised map, the
     thresholded mask (over ``image`` if given) and, if given, the SAM mask.
 
-    ``attention_map`` ``(h', w')``; ``box`` where the object was generated; ``latent_size`` ``(h, w)``.
-    ``reference`` (optional, bool ``(h, w)``): e.g. the detector's box region; the mask's IoU with it is shown.
+    ``attention_map`` ``(h', w')``; ``box`` where the object was generated; ``latent_size`` ``(h, w)``;
+    ``method``: :func:`~lmd_utils.masks.threshold_object_mask`'s (``"normalized"``: normalised inside the box and
+    cut to it; ``"object"``: normalised over the whole map, the blobs touching the box).
+    ``reference`` (optional, bool ``(h, w)``): e.g. the object's pixels (toy detector); the mask's IoU with it is
+    shown and it is outlined (dashed yellow) on the mask panels.
     ``sam_mask`` (optional, bool, any size): SAM's chosen mask, drawn over the image and titled ``sam_label``
     (e.g. the :attr:`~lmd_utils.masks.ObjectMask.source`, which says when SAM found nothing and the coarse mask
     was used).  Everything is drawn in latent-cell coordinates, so maps of different resolutions line up.  This
@@ -52,11 +67,12 @@ def mask_figure(
     """
     amap, _ = _as_batch(attention_map, "attention_map")
     h, w = latent_size
-    mask = threshold_sweep(amap[0], box, latent_size, [threshold], sigma)[0]
+    mask = threshold_sweep(amap[0], box, latent_size, [threshold], sigma, method=method)[0]
     smooth = resize_maps(gaussian_blur(amap[0].float(), sigma), latent_size)
-    inside = box.mask(h, w, dtype=torch.bool)
-    lo, hi = smooth[inside].min(), smooth[inside].max()
-    normalised = ((smooth - lo) / (hi - lo).clamp(min=1e-30)).clamp(min=0) * inside
+    in_box = method != "object"
+    region = box.mask(h, w, dtype=torch.bool) if in_box else torch.ones(h, w, dtype=torch.bool)
+    lo, hi = smooth[region].min(), smooth[region].max()
+    normalised = ((smooth - lo) / (hi - lo).clamp(min=1e-30)).clamp(min=0) * region
 
     panels = 3 + (sam_mask is not None)
     fig = Figure(figsize=(size * panels, size + 0.7), layout="constrained")
@@ -68,25 +84,40 @@ def mask_figure(
     axes[1].contour(np.arange(w) + 0.5, np.arange(h) + 0.5, normalised.numpy(), levels=[threshold],
                     colors="cyan", linewidths=1.2)
     draw_box(axes[1], box, h, w)
-    frame_axes(axes[1], h, w, f"smoothed, normalised in box\ncontour at {threshold:.2f}")
+    frame_axes(axes[1], h, w, f"smoothed, normalised {'in box' if in_box else 'over the map'}\n"
+                              f"contour at {threshold:.2f}")
     if image is not None:
         axes[2].imshow(as_uint8_image(image), extent=(0, w, h, 0))
     _overlay(axes[2], mask, h, w)
     draw_box(axes[2], box, h, w)
     caption = f"mask (cyan) > {threshold:.2f}: {int(mask.sum())} cells"
     if reference is not None:
-        _overlay(axes[2], reference.bool(), h, w, colour=(1.0, 0.85, 0.0), alpha=0.0, linestyle="dashed")
-        caption += f"\nIoU with reference (dashed) {float(mask_iou(mask, reference.bool()[None])[0]):.2f}"
+        _reference(axes[2], reference, h, w)
+        caption += f"\nIoU with reference (dashed) {_iou(mask, reference):.2f}"
     frame_axes(axes[2], h, w, caption)
     if sam_mask is not None:
         if image is not None:
             axes[3].imshow(as_uint8_image(image), extent=(0, w, h, 0))
         _overlay(axes[3], sam_mask.bool(), h, w, colour=(0.2, 1.0, 0.2))
         draw_box(axes[3], box, h, w)
-        frame_axes(axes[3], h, w, f"{sam_label} ({int(sam_mask.sum())} px)")
+        label = f"{sam_label} ({int(sam_mask.sum())} px)"
+        if reference is not None:
+            _reference(axes[3], reference, h, w)
+            label += f"\nIoU with reference {_iou(sam_mask, reference):.2f}"
+        frame_axes(axes[3], h, w, label)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _iou(mask: torch.Tensor, reference: torch.Tensor) -> float:
+    """IoU of two bool masks, the first resized (nearest) to the reference's size when they differ."""
+    from ..masks import resize_masks
+
+    mask, reference = mask.bool().cpu(), reference.bool().cpu()
+    if mask.shape != reference.shape:
+        mask = resize_masks(mask, tuple(reference.shape[-2:]), rule="nearest")
+    return float(mask_iou(mask, reference[None])[0])
 
 
 def threshold_sweep_figure(
@@ -99,11 +130,13 @@ def threshold_sweep_figure(
     sigma: float = SAM_POINT_SIGMA,
     title: str | None = None,
     size: float = 1.9,
+    method: str = "normalized",
 ) -> Figure:
     """The thresholded mask at several thresholds side by side, then its area (and IoU with ``reference``,
-    e.g. the detector's box region) against the threshold.  Arguments as :func:`mask_figure`."""
+    e.g. the object's pixels from the toy detector, outlined dashed yellow in every panel) against the threshold.
+    Arguments as :func:`mask_figure`."""
     h, w = latent_size
-    masks = threshold_sweep(attention_map, box, latent_size, thresholds, sigma)
+    masks = threshold_sweep(attention_map, box, latent_size, thresholds, sigma, method=method)
     fig = Figure(figsize=(size * (len(thresholds) + 1.6), size + 0.8), layout="constrained")
     axes = fig.subplots(1, len(thresholds) + 1, width_ratios=[1] * len(thresholds) + [1.6])
     for ax, t, m in zip(axes, thresholds, masks):
@@ -111,14 +144,18 @@ def threshold_sweep_figure(
             ax.imshow(as_uint8_image(image), extent=(0, w, h, 0))
         _overlay(ax, m, h, w)
         draw_box(ax, box, h, w)
-        frame_axes(ax, h, w, f"> {t:.2f}: {int(m.sum())} cells")
+        label = f"> {t:.2f}: {int(m.sum())} cells"
+        if reference is not None:
+            _reference(ax, reference, h, w)
+            label += f"\nIoU {_iou(m, reference):.2f}"
+        frame_axes(ax, h, w, label)
     ax = axes[-1]
-    ax.plot(list(thresholds), (masks.flatten(1).sum(1).float() / max(int(box.mask(h, w).sum()), 1)).tolist(),
-            "o-", label="mask area / box area")
+    areas = (masks.flatten(1).sum(1).float() / max(int(box.mask(h, w).sum()), 1)).tolist()
+    ax.plot(list(thresholds), areas, "o-", label="mask area / box area")
     if reference is not None:
-        ax.plot(list(thresholds), mask_iou(reference.bool(), masks).tolist(), "s-", label="IoU with reference")
+        ax.plot(list(thresholds), [_iou(m, reference) for m in masks], "s-", label="IoU with reference")
     ax.set_xlabel("threshold on the normalised map", fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, max(1.05, max(areas) * 1.05))
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

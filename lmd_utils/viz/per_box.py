@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from ..layout import Box, Layout, draw_box
 from ..per_box import PerBoxPlan
-from .common import evenly_spaced_steps, latents_to_rgb
+from .common import evenly_spaced_steps, halo_box, latents_to_rgb
 
 
 def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, titles: Sequence[str] | None = None,
@@ -19,7 +19,7 @@ def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, tit
 
     ``latents`` ``(T + 1, n, C, h, w)`` is :attr:`~lmd_utils.per_box.PerBoxResult.latents` (``x_T`` first, then
     after each step); ``steps`` the entries to show (or how many, evenly spaced); ``boxes`` (optional, one per
-    row) are outlined (the generation boxes); ``titles`` label the rows.  See
+    row) are outlined in gold (the generation boxes); ``titles`` label the rows.  See
     :func:`~lmd_utils.viz.common.latents_to_rgb` for ``pixel_space``.
     """
     if latents.ndim != 5:
@@ -39,8 +39,8 @@ def trajectory_figure(latents: torch.Tensor, steps: Sequence[int] | int = 6, tit
         for c, k in enumerate(chosen):
             ax = axes[r, c]
             ax.imshow(rgb[c, r].numpy(), interpolation="nearest")
-            if boxes is not None:
-                draw_box(ax, boxes[r], h, w, offset=-0.5)  # plain imshow: pixel centres on integers
+            if boxes is not None:  # gold on a dark halo, visible on noise and on the picture; pixel centres on integers
+                halo_box(ax, boxes[r], h, w, colour="gold", halo="black", style="-", linewidth=1.3, offset=-0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

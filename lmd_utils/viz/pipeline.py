@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from matplotlib.figure import Figure
 
-from ..composition import overall_prompt
+from ..composition import ddim_alphas, overall_prompt
 from ..layout import Box, Layout, draw_box
 from ..sam import as_uint8_image
 from ..pipeline import LMDResult
@@ -21,16 +21,24 @@ from .per_box import placement_figure, trajectory_figure
 
 
 def comparison_figure(layout: Layout, images: dict[str, torch.Tensor], seed: int | None = None,
-                      model: str | None = None) -> Figure:
+                      model: str | None = None, verdicts: dict[str, tuple[bool, str]] | None = None) -> Figure:
     """One matplotlib figure: the layout, then each image (e.g. plain sampling and LMD from the same seed) with the
-    layout's boxes drawn over it; returns the :class:`~matplotlib.figure.Figure` (no pyplot state touched)."""
-    fig = Figure(figsize=(3.2 * (1 + len(images)), 3.6))
+    layout's boxes drawn over it; returns the :class:`~matplotlib.figure.Figure` (no pyplot state touched).
+
+    ``verdicts``: per image name, ``(ok, text)`` from a detector (e.g. :func:`~lmd_utils.benchmark.layout_verdict`),
+    written under the image in green or red, so the picture says on its own what went right or wrong."""
+    verdicts = verdicts or {}
+    fig = Figure(figsize=(3.2 * (1 + len(images)), 3.6 + 0.3 * bool(verdicts)))
     axes = fig.subplots(1, 1 + len(images))
     layout.draw(ax=axes[0], title="layout" + (f" ({layout.meta['source']})" if layout.meta.get("source") else ""))
     for ax, (name, image) in zip(axes[1:], images.items()):
         Layout(layout.boxes).draw(ax=ax, image=image, title=name)
+        if name in verdicts:
+            ok, text = verdicts[name]
+            ax.set_xlabel(text, fontsize=9, color="darkgreen" if ok else "firebrick", wrap=True)
     suffix = ", ".join(x for x in (f"model: {model}" if model else "", f"seed {seed}" if seed is not None else "") if x)
-    fig.suptitle(f"{layout.prompt or overall_prompt(layout)}" + (f"\n{suffix}" if suffix else ""), fontsize=9)
+    title = layout.prompt or overall_prompt(layout)
+    fig.suptitle((title[:100] + "…" if len(title) > 100 else title) + (f"\n{suffix}" if suffix else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -41,7 +49,8 @@ RESULT_VIEWS: dict[str, str] = {
     "per-box images": "each object generated alone, in its generation box, and the box it goes to (step 1)",
     "per-box trajectories": "x_t of each object's own generation over the steps (step 1)",
     "masks and alignment": "each object's mask, its shift onto the target box, the paste order (steps 2-3)",
-    "composed vs overall": "the composed latents and the composed generation, frozen steps marked (steps 3-4)",
+    "composed vs overall": "the composed latents and the composed generation (with a scheduler: each step's "
+                           "denoised estimate x̂₀), where they differ, frozen steps marked (steps 3-4)",
     "energy": "the box energy during the guided steps: each per-box generation and the composed one",
 }
 
@@ -54,11 +63,14 @@ def result_is_pixel_space(result: LMDResult) -> bool:
     return tuple(result.per_box.latents.shape[-2:]) == tuple(result.per_box.images.shape[-2:])
 
 
-def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 6) -> Figure:
+def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 6, scheduler=None) -> Figure:
     """One view of an :class:`~lmd_utils.pipeline.LMDResult` (a key of :data:`RESULT_VIEWS`) as a matplotlib Figure,
     drawn by the steps' own picture functions; ``steps``: how many denoising steps the strips show.
 
-    This is the pure function the result explorer widget of notebook 07 (:func:`result_explorer`) wraps.
+    ``scheduler`` (e.g. ``pipe.scheduler``; the result keeps none): with it, "composed vs overall" shows each
+    step's denoised estimate x̂₀ (:func:`~lmd_utils.composition.ddim_alphas`), without it the raw ``x_t``, which
+    is mostly noise during the frozen steps.  This is the pure function the result explorer widget of notebook 07
+    (:func:`result_explorer`) wraps.
     """
     if view not in RESULT_VIEWS:
         raise ValueError(f"unknown view {view!r}; choose one of {', '.join(RESULT_VIEWS)}")
@@ -75,9 +87,11 @@ def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 
                                 per_box.plan.generation_boxes, pixel_space=pixel_space)
     if view == "composed vs overall":
         T, frozen = result.config.num_inference_steps, result.frozen_steps
+        alphas = ddim_alphas(scheduler, T) if scheduler is not None else None
+        shown = ({0, frozen // 2, max(frozen - 1, 0), frozen, min(frozen + 2, T), T} if alphas is not None
+                 else {0, 1, max(frozen // 2, 1), frozen, min(frozen + 2, T), T})
         return frozen_steps_figure(result.composed_latents, result.overall_latents, result.union_mask,
-                                   frozen, steps=sorted({0, 1, max(frozen // 2, 1), frozen, min(frozen + 2, T), T}),
-                                   pixel_space=pixel_space)
+                                   frozen, steps=sorted(shown), pixel_space=pixel_space, alphas=alphas)
     curves = {f"alone: {phrase}": per_box.energy_log(i) for i, phrase in enumerate(layout.phrases)}
     if result.overall_guidance is not None:
         curves["composed pass"] = result.overall_guidance.energies_by_element(0)
@@ -85,9 +99,10 @@ def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 
                                title="box energy during the guided steps (each object alone, then composed)")
 
 
-def result_explorer(result: LMDResult, view: str = "per-box images"):
-    """A widget: a drop-down of :data:`RESULT_VIEWS` and the chosen :func:`result_figure` as a picture (needs
-    ``ipywidgets``).  Building it draws the first view once and never blocks (notebooks also run headless)."""
+def result_explorer(result: LMDResult, view: str = "per-box images", scheduler=None):
+    """A widget: a drop-down of :data:`RESULT_VIEWS` and the chosen :func:`result_figure` (``scheduler`` as there)
+    as a picture (needs ``ipywidgets``).  Building it draws the first view once and never blocks (notebooks also
+    run headless)."""
     import ipywidgets as widgets  # an optional extra (``lmd_utils[notebooks]``): imported only when a widget is built
 
     chooser = widgets.Dropdown(options=list(RESULT_VIEWS), value=view, description="show")
@@ -96,7 +111,7 @@ def result_explorer(result: LMDResult, view: str = "per-box images"):
 
     def redraw(_=None) -> None:
         note.value = f"<i>{RESULT_VIEWS[chooser.value]}</i>"
-        picture.value = figure_to_png(result_figure(result, chooser.value), dpi=90)
+        picture.value = figure_to_png(result_figure(result, chooser.value, scheduler=scheduler), dpi=90)
 
     chooser.observe(redraw, names="value")
     redraw()
