@@ -252,10 +252,12 @@ def run_demo(prompt: str | None = None, out: str | Path = "demo.png", seed: int 
     from .pipeline import generate, generate_sd
     from .viz.pipeline import comparison_figure
 
+    from .toyworld.model import toy_layout
+
     prompt = prompt or TOY_DEMO_PROMPT
-    layout = plan_layout(prompt)
     pipe = load_pipeline("toyworld", device="cpu")
     config = LMDConfig.for_pipe(pipe)
+    layout = toy_layout(prompt, config)  # boxes the toy model can draw, its background, unknown words named
     images = {"plain sampling": generate_sd(pipe, prompt, seed=seed, config=config, negative_prompt=layout.negative),
               "LMD": generate(pipe, layout, seed=seed, config=config).image}
     verdicts = toy_verdicts(layout, images)
