@@ -43,7 +43,7 @@ import re
 import unicodedata
 import warnings
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .grammar import ARTICLES, NUMBER_WORDS, is_plural, singularize, with_article
 from .layout import CANVAS_SIZE, DEFAULT_BACKGROUND, MAX_BOXES, Layout, LayoutError, LayoutWarning, quote, shorten
@@ -118,13 +118,21 @@ class ParsedPrompt:
     unread: tuple[str, ...] = ()
 
 
+def _check_sides(sides: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = sides
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"box_sides must be (min, max) with 0 < min <= max <= 1, got {sides}")
+    return float(lo), float(hi)
+
+
 @dataclass(frozen=True)
 class ModelLimits:
     """What the diffusion model the layout is planned for can draw and read (``None`` fields: no limit).
 
-    box_sides: ``(min, max)`` side of a box as a fraction of the canvas; every box becomes a SQUARE of a side
-        in that range, centred where the box would have been (:func:`place_groups`).  For models trained on
-        objects of a few sizes only, such as the toy world (7–13 px of 32).
+    box_sides: ``(min, max)`` side of a box as a fraction of the canvas, or a function of the number of boxes that
+        gives it; every box becomes a SQUARE of a side in that range, centred where the box would have been
+        (:func:`place_groups`).  For models trained on objects of a few sizes only, such as the toy world (7–13 px
+        of 32, smaller in crowded scenes).
     grid: the model's image side in pixels: box sides and corners snap to whole pixels (needs ``box_sides``).
     background: the background the layout carries instead of the planner's (the toy world: ``""``, what its
         ``lmd_config.json`` gives stage 2).
@@ -133,17 +141,15 @@ class ModelLimits:
     name: how the warning calls the model ("the toy model").
     """
 
-    box_sides: tuple[float, float] | None = None
+    box_sides: tuple[float, float] | Callable[[int], tuple[float, float]] | None = None
     grid: int | None = None
     background: str | None = None
     vocabulary: tuple[str, ...] | None = None
     name: str = "the diffusion model"
 
     def __post_init__(self) -> None:
-        if self.box_sides is not None:
-            lo, hi = self.box_sides
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"box_sides must be (min, max) with 0 < min <= max <= 1, got {self.box_sides}")
+        if self.box_sides is not None and not callable(self.box_sides):
+            _check_sides(self.box_sides)
         if self.grid is not None and (self.box_sides is None or self.grid < 1):
             raise ValueError("grid needs box_sides and must be >= 1")
         if self.vocabulary is not None:
@@ -186,7 +192,8 @@ _ING_NOUNS = frozenset("""
 
 def _is_non_latin(word: str) -> bool:
     """A word with a letter of another script than the Latin one ("빨간", "猫", "кот")."""
-    return any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN") for ch in word)
+    return not word.isascii() and any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN")
+                                      for ch in word)
 
 
 def _is_verb_form(words: list[str], i: int) -> bool:
@@ -207,7 +214,7 @@ def unread_words(groups: Sequence[ObjectGroup], prompt: str = "") -> tuple[str, 
     pronouns, conjunctions: :data:`_CLAUSE_WORDS`, "-ing" verbs).  A heuristic: unknown nouns ("a corgi") and
     other languages written in Latin letters ("un chat") pass."""
     found: list[str] = []
-    for word in prompt.split():
+    for word in dict.fromkeys(prompt.split()):  # each distinct word once: a 100 KB prompt of one word is fast
         if _is_non_latin(word):
             found.append(word.strip(".,;:!?"))
     for g in groups:
@@ -491,6 +498,8 @@ def plan_layout(prompt: str, limits: ModelLimits | None = None) -> Layout:
     if notes:
         meta["warnings"] = notes
     box_sides, grid = (limits.box_sides, limits.grid) if limits is not None else (None, None)
+    if callable(box_sides):
+        box_sides = _check_sides(box_sides(sum(g.count for g in parsed.groups)))
     layout = Layout.from_xywh_objects(
         place_groups(parsed.groups, box_sides=box_sides, grid=grid), parsed.background, parsed.negative,
         prompt=prompt, meta=meta,

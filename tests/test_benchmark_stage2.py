@@ -120,9 +120,8 @@ def test_toy_layouts_are_boxes_the_toy_model_can_draw(prompts):
 
     from lmd_utils.layout import LayoutWarning
     from lmd_utils.toyworld.benchmark import benchmark_layout
-    from lmd_utils.toyworld.scenes import IMAGE_SIZE, SIZE_RANGE
+    from lmd_utils.toyworld.scenes import IMAGE_SIZE, size_range
 
-    lo, hi = (round(v * IMAGE_SIZE) for v in SIZE_RANGE)
     with warnings.catch_warnings():
         warnings.simplefilter("error", LayoutWarning)
         for p in prompts:
@@ -130,6 +129,7 @@ def test_toy_layouts_are_boxes_the_toy_model_can_draw(prompts):
             default = plan_layout(p.prompt)
             assert layout.background == "" and layout.negative == default.negative, p.prompt
             assert layout.phrases == default.phrases and p.spec.check(layout.to_xywh_objects()), p.prompt
+            lo, hi = size_range(len(layout))  # the sizes the toy scenes draw for that many objects
             for box, free in zip(layout.boxes, default.boxes):
                 side = box.width * IMAGE_SIZE
                 assert box.width == box.height and lo <= side <= hi and side == round(side), (p.prompt, box)

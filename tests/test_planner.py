@@ -199,6 +199,9 @@ def test_model_limits_set_background_and_name_words_outside_the_vocabulary():
     assert len(caught) == 1 and "the little model does not know 'realistic', 'photo'" in str(caught[0].message)
     assert layout.meta["warnings"] == [str(caught[0].message)]
     assert OfflinePlanner(limits).get_layout("a red circle").background == ""
+    by_count = ModelLimits(box_sides=lambda n: (0.1, 0.4 / n), grid=32)  # smaller boxes in a crowd
+    sides = [plan_layout(f"{n} cats", by_count).boxes[0].width for n in ("one", "two", "four")]
+    assert sides == [0.375, 0.1875, 0.09375]  # the largest side, floored to whole pixels of 32
     with pytest.raises(ValueError):
         ModelLimits(box_sides=(0.5, 0.2))
     with pytest.raises(ValueError):

@@ -246,3 +246,16 @@ def test_a_new_run_can_start_from_an_exported_model(tmp_path):
     assert main(["--steps", "3", "--out", str(tmp_path / "b"), *common, "--init-from", str(tmp_path / "exported")]) == 0
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert state["step"] == 3  # continued from the exported step 2, one more step
+
+
+def test_size_range_shrinks_in_crowded_scenes_and_matches_the_drawn_shapes():
+    from lmd_utils.toyworld.scenes import box_sides, generate_scene, size_range
+
+    assert [size_range(n) for n in (1, 2, 3, 4)] == [(7, 13), (7, 13), (7, 11), (7, 9)]
+    assert box_sides(4) == (7 / 32, 9 / 32) and box_sides(0) == box_sides(1)
+    for seed in range(40):
+        scene = generate_scene(seed)
+        lo, hi = size_range(len(scene.objects))
+        for o in scene.objects:
+            side = max(o.box.width, o.box.height) * 32
+            assert lo - 1 <= side <= hi, (seed, o)

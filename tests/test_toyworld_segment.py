@@ -41,6 +41,9 @@ def test_the_background_scores_zero_and_noise_is_tolerated():
     assert region_score(image, np.zeros((32, 32), dtype=bool)) == 0.0
     with pytest.raises(ValueError):
         FlatColourSegmenter(tolerances=())
+    grown, _ = FlatColourSegmenter(margin=1).predict(image, (15.5, 15.5))
+    exact = torch.from_numpy(shape_mask("circle", 8, 10, 11))
+    assert (grown[0] & exact).sum() == exact.sum() and grown[0].sum() > exact.sum()  # a one-pixel rim around it
 
 
 def test_through_the_sam_route_the_mask_is_the_object():

@@ -32,7 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from ..layout import Layout
 from ..offline_tokenizer import build_clip_tokenizer, single_token_order
 from ..planner import ModelLimits, plan_layout
-from .scenes import IMAGE_SIZE, SIZE_RANGE, VOCABULARY
+from .scenes import IMAGE_SIZE, VOCABULARY, box_sides
 
 #: The pipeline's VaeImageProcessor assumes an 8× VAE when there is none: height/width passed to the pipeline
 #: are ``8 × image size`` so that its latents are our images.
@@ -82,16 +82,17 @@ TOYWORLD_LMD_CONFIG: dict = {
 
 
 #: What the offline planner must plan for when the toy model draws the layout (:func:`toy_layout`): square boxes
-#: with a side in the trained size range (:data:`~lmd_utils.toyworld.scenes.SIZE_RANGE`, 7–13 px of 32), on whole
-#: pixels; the background the toy LMD settings give stage 2 (``""``: the toy model learnt bare captions); and its
-#: vocabulary, so that words it never learnt are named.
-TOY_PLANNER_LIMITS = ModelLimits(box_sides=SIZE_RANGE, grid=IMAGE_SIZE, background=TOYWORLD_LMD_CONFIG["background"],
+#: with a side in the size range the toy scenes draw for that many objects (:func:`~lmd_utils.toyworld.scenes.
+#: box_sides`: 7–13 px of 32 for one or two objects, 7–11 px for three, 7–9 px for four), on whole pixels; the
+#: background the toy LMD settings give stage 2 (``""``: the toy model learnt bare captions); and its vocabulary, so
+#: that words it never learnt are named.
+TOY_PLANNER_LIMITS = ModelLimits(box_sides=box_sides, grid=IMAGE_SIZE, background=TOYWORLD_LMD_CONFIG["background"],
                                  vocabulary=VOCABULARY, name="the toy model")
 
 
 def toy_layout(prompt: str, config=None) -> Layout:
     """The offline planner's layout of ``prompt`` for the toy model (:data:`TOY_PLANNER_LIMITS`): boxes the toy model
-    can draw (squares of 7–13 px, where the planner places its boxes), the toy background, and one
+    can draw (squares of the trained sizes, 7–13 px, where the planner places its boxes), the toy background, and one
     :class:`~lmd_utils.layout.LayoutWarning` naming words the planner or the toy model does not know.
 
     ``config`` (an :class:`~lmd_utils.config.LMDConfig`, optional): its ``background``, when set, is the layout's

@@ -177,13 +177,27 @@ def _apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int)
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
+def size_range(n_objects: int, image_size: int = IMAGE_SIZE) -> tuple[int, int]:
+    """Smallest and largest shape side, in pixels, in scenes of ``n_objects`` objects: :data:`SIZE_RANGE` (7–13 px
+    of 32), the largest 2 px smaller per object past two (crowded scenes: 3 objects 7–11 px, 4 objects 7–9 px)."""
+    lo = max(3, round(SIZE_RANGE[0] * image_size))
+    hi = max(lo, round(SIZE_RANGE[1] * image_size))
+    if n_objects >= 3:  # crowded scenes use smaller shapes so they still fit
+        hi = max(lo, hi - 2 * (n_objects - 2))
+    return lo, hi
+
+
+def box_sides(n_objects: int, image_size: int = IMAGE_SIZE) -> tuple[float, float]:
+    """:func:`size_range` as fractions of the image side: the square boxes the toy model was trained on for that
+    many objects (the offline planner's limits for the toy model, :data:`~lmd_utils.toyworld.model.TOY_PLANNER_LIMITS`)."""
+    lo, hi = size_range(max(n_objects, 1), image_size)
+    return lo / image_size, hi / image_size
+
+
 def _place(rng: np.random.Generator, n: int, image_size: int, relation: str | None = None,
            gap: int = 1, max_tries: int = 200) -> list[tuple[int, int, int]]:
     """``n`` non-touching squares ``(top, left, size)``; with ``relation`` the first is left of / above the second."""
-    lo = max(3, round(SIZE_RANGE[0] * image_size))
-    hi = max(lo, round(SIZE_RANGE[1] * image_size))
-    if n >= 3:  # crowded scenes use smaller shapes so they still fit
-        hi = max(lo, hi - 2 * (n - 2))
+    lo, hi = size_range(n, image_size)
     for _ in range(max_tries):
         placed: list[tuple[int, int, int]] = []
         for _ in range(max_tries):
