@@ -187,9 +187,7 @@ def source_from_args(args: argparse.Namespace):
 def check_source_args(args: argparse.Namespace) -> None:
     """The reply cache must be writable before an LLM is asked (else the paid-for reply would be lost)."""
     if not args.no_cache and args.cache is not None:
-        if args.cache.is_dir():
-            raise UsageError(f"--cache {str(args.cache)[:80]!r} is a folder; give a file name")
-        check_output_path(args.cache, "--cache")
+        check_output_path(args.cache, "--cache")  # also refuses a folder
 
 
 def add_source_options_without_model(parser: argparse.ArgumentParser) -> None:

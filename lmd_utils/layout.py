@@ -61,6 +61,12 @@ def shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
 
 
+def single_line(text: Any, limit: int = 80) -> str:
+    """``text`` with its whitespace runs (newlines included) made single spaces, then :func:`shorten`: how an
+    exception's message is quoted inside another one-line message."""
+    return shorten(" ".join(str(text).split()), limit)
+
+
 def quote(value: Any, limit: int = 80) -> str:
     """``repr(value)``, shortened: how messages quote a caption or a value (``'a cat'``)."""
     return shorten(repr(value), limit)

@@ -49,6 +49,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .data import DATA_DIR
 from .downloads import DownloadNotAllowed, ModelLoadError, check_download, local_model_folder
+from .layout import single_line
 from .offline_tokenizer import build_clip_tokenizer, single_token_order
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -179,9 +180,8 @@ def _load_errors(model: Any):
     except (DownloadNotAllowed, ModelLoadError):
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, json.JSONDecodeError) as e:
-        detail = " ".join(str(e).split())[:200]
         raise ModelLoadError(f"cannot load a Stable Diffusion pipeline from {str(model)!r}: "
-                             f"{type(e).__name__}: {detail}") from e
+                             f"{type(e).__name__}: {single_line(e, 200)}") from e
 
 
 def _from_folder(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:

@@ -32,7 +32,7 @@ from .composition import (AlignedObject, FrozenForeground, align_objects, compos
                           frozen_step_count, overall_prompt_for, overall_token_targets)
 from .config import LMDConfig
 from .grammar import join_phrases
-from .layout import Layout, LayoutError
+from .layout import Layout, LayoutError, single_line
 from .masks import ObjectMask, extract_object_masks
 from .models import decode_latents, encode_prompts, initial_noise, to_pil
 from .per_box import PerBoxResult, per_box_token_targets, plan_per_box, run_per_box
@@ -149,7 +149,7 @@ def check_layout(pipe, layout: Layout, config: LMDConfig | None = None) -> Layou
         prompt, background_end = overall_prompt_for(layout, config.overall_prompt, pipe.tokenizer)
         overall_token_targets(pipe.tokenizer, layout, prompt, background_end, config.overall_guidance.skip_articles)
     except ValueError as e:
-        raise LayoutError(f"stage 2 cannot run this layout: {' '.join(str(e).split())[:300]}") from e
+        raise LayoutError(f"stage 2 cannot run this layout: {single_line(e, 300)}") from e
     return layout
 
 

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import filelock
 
+from .layout import single_line
+
 ENV_CACHE = "LMD_LLM_CACHE"
 #: How long a cache write waits for another process's write (which takes milliseconds) before giving up.
 CACHE_LOCK_TIMEOUT_S = 60.0
@@ -25,8 +27,7 @@ MAX_MESSAGE_CHARS = 300
 
 def _cut(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """``text`` on one line, at most ``limit`` characters (an error message must stay readable)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return single_line(text, limit)
 
 
 class CacheCorruptError(RuntimeError):

@@ -174,7 +174,7 @@ class SegmentAnythingSam:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
-            detail = " ".join(str(e).split())[:200]
+            detail = " ".join(str(e).split())[:200]  # (layout.single_line; layout imports this module)
             raise ValueError(f"{str(checkpoint)[:120]!r} is not a {model_type} segment-anything checkpoint of "
                              f"plain tensors ({type(e).__name__}: {detail})") from e
         if device is not None:
