@@ -28,7 +28,8 @@ from lmd_utils.llm_layouts import (
 )
 from lmd_utils.planner import MAX_PROMPT_CHARS, ObjectGroup, cap_counts, parse_prompt, place_groups, plan_layout
 
-#: Every parse, plan or repair below must end within this (they take milliseconds; a regression takes minutes).
+#: Every parse, plan or repair below must end within this much CPU time of this process (they take milliseconds; a
+#: regression takes minutes).  CPU time, not wall time: a busy machine must not fail these guards.
 TIME_LIMIT_S = 1.0
 #: The longest error message or warning we accept (quotes are cut at about 80 characters).
 MESSAGE_LIMIT = 300
@@ -41,12 +42,12 @@ def _timed(fn, *args):
     """``(outcome, seconds, warnings)``: ``fn(*args)`` or the typed exception it raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             outcome = fn(*args)
         except (LayoutParseError, LayoutError) as e:
             outcome = e
-        seconds = time.perf_counter() - start
+        seconds = time.process_time() - start
     return outcome, seconds, [w for w in caught if issubclass(w.category, LayoutWarning)]
 
 
@@ -200,10 +201,10 @@ def test_any_reply_up_to_the_limit_parses_within_a_second(name):
 def test_a_reply_past_the_limit_is_refused_at_once():
     assert MAX_REPLY_CHARS == 20_000
     for text in ("x" * (MAX_REPLY_CHARS + 1), "[('a', ['" + "9" * 10**6 + "', 1, 1, 1])]"):
-        start = time.perf_counter()
+        start = time.process_time()
         with pytest.raises(LayoutParseError) as info:
             parse_layout_reply(text)
-        assert time.perf_counter() - start < 0.1
+        assert time.process_time() - start < 0.1
         message = str(info.value)
         assert str(len(text)) in message and str(MAX_REPLY_CHARS) in message and len(message) < MESSAGE_LIMIT
 
