@@ -179,6 +179,8 @@ def run_generate_command(args: argparse.Namespace) -> int:
     from .config import LMDConfig
     from .models import load_pipeline, to_pil
     from .pipeline import check_layout, generate, generate_sd
+    from .planner import OfflinePlanner
+    from .toyworld.model import is_toyworld, toy_planner
     from .viz.pipeline import comparison_figure
 
     # 1. the layout source, the model, then the layout (checked against the model before an LLM reply is cached)
@@ -187,6 +189,9 @@ def run_generate_command(args: argparse.Namespace) -> int:
     config = LMDConfig.for_pipe(pipe)
     if args.steps is not None:
         config = config.with_steps(args.steps)
+    toy = is_toyworld(pipe)
+    if toy and isinstance(source, OfflinePlanner) and source.limits is None:
+        source = toy_planner(config)  # boxes the toy model can draw, its background, unknown words named
     sam = load_sam_backend(args.sam)
     if hasattr(source, "validate"):  # an LLM source: a reply stage 2 cannot run is asked again, never cached
         source.validate = lambda candidate: check_layout(pipe, candidate, config)
@@ -205,7 +210,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
               f"{', '.join(f'{k} {v:.1f}s' for k, v in result.timings.items())}", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.method == "both":
-        verdicts = toy_verdicts(layout, images) if args.diffusion_model == "toyworld" else None
+        verdicts = toy_verdicts(layout, images) if toy else None
         comparison_figure(layout, images, seed=args.seed, verdicts=verdicts).savefig(args.out, dpi=120,
                                                                                      bbox_inches="tight")
         note = ""

@@ -138,8 +138,10 @@ class LMDConfig:
         layers" (:func:`~lmd_utils.attention.default_layers`).
     mask_layers: where the object masks are read (authors: ``down_blocks.2.attentions.1``); ``None``: model default.
     mask_start_step: attention for masks is averaged over steps ``mask_start_step..T-1`` (authors: 10 of 50).
-    mask_method: ``"normalized"`` (authors' coarse mask: min-max normalised map ≥ 0.25) or ``"quantile"`` (keep
-        the top 75 % of in-box cells).  A SAM backend passed to :func:`~lmd_utils.pipeline.generate` refines either.
+    mask_method: ``"normalized"`` (authors' coarse mask: min-max normalised map ≥ 0.25, cut to the box),
+        ``"object"`` (the same rule over the whole map, keeping the blobs that touch the box: follows an object
+        that spills out of its box; the toy model's setting) or ``"quantile"`` (keep the top 75 % of in-box
+        cells); see :func:`~lmd_utils.masks.threshold_object_mask`.  A SAM backend passed to :func:`~lmd_utils.pipeline.generate` refines either.
     placement, floor_padding: where each object is generated alone (authors: centred horizontally, bottom at 0.8).
     noise_blend_ratio: r in √(1−r)·z_T + √r·z_i inside each box (authors 0.01).
     frozen_ratio: fraction of steps whose foreground is copied from the composed latents (authors 0.5).
@@ -191,7 +193,7 @@ class LMDConfig:
     overall_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(layers=()))
     mask_layers: tuple[str, ...] | None = None
     mask_start_step: int = 10
-    mask_method: Literal["normalized", "quantile"] = "normalized"
+    mask_method: Literal["normalized", "object", "quantile"] = "normalized"
     placement: Literal["authors", "box"] = "authors"
     floor_padding: float = 0.2
     noise_blend_ratio: float = 0.01
@@ -212,7 +214,8 @@ class LMDConfig:
     def __post_init__(self) -> None:
         for name, allowed in (("box_rounding", ("edges", "authors")), ("alignment", ("centre", "authors")),
                               ("compose_initial", ("masks", "authors")), ("sam_rules", ("ours", "authors")),
-                              ("box_order", ("layout", "by_phrase"))):
+                              ("box_order", ("layout", "by_phrase")),
+                              ("mask_method", ("normalized", "object", "quantile"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 

@@ -464,6 +464,7 @@ def resolve_source(
     base_url: str | None = None,
     cache: ReplyCache | str | Path | bool | None = None,
     timeout_s: float | None = None,
+    planner: OfflinePlanner | None = None,
 ) -> tuple[LayoutSource, str]:
     """A layout source from a name and a sentence saying which one and why (for the CLI's stderr).
 
@@ -471,7 +472,9 @@ def resolve_source(
     a path: a reply file; ``None``: the LLM if configured, else the planner.  ``cache`` (LLM sources only):
     ``None`` → :func:`default_cache_path`, ``False`` → no cache, else a path or a :class:`ReplyCache`.
     ``timeout_s`` (LLM sources only): seconds one try of a request may take in all (``LLMConfig.timeout_s``;
-    ``None`` keeps the default).
+    ``None`` keeps the default).  ``planner``: the offline planner to use when the choice is the planner
+    (default: :class:`~lmd_utils.planner.OfflinePlanner` for Stable Diffusion; the toy model's is
+    :func:`~lmd_utils.toyworld.model.toy_planner`).
     """
     if cache is None or cache is True:
         cache = default_cache_path()
@@ -484,11 +487,11 @@ def resolve_source(
         try:
             config = LLMConfig.from_env(model=model, base_url=base_url, **options)
         except LLMNotConfigured as e:
-            return OfflinePlanner(), f"layout source: offline planner ({e})"
+            return planner or OfflinePlanner(), f"layout source: offline planner ({e})"
         llm = LLMLayoutSource(config, cache=cache)
         return llm, f"layout source: {llm.name} (configured from the environment)"
     if str(source) == "planner":
-        return OfflinePlanner(), "layout source: offline planner"
+        return planner or OfflinePlanner(), "layout source: offline planner"
     if str(source) == "llm":
         config = LLMConfig.from_env(model=model, base_url=base_url, **options)
         llm = LLMLayoutSource(config, cache=cache)

@@ -591,10 +591,10 @@ def extract_object_masks(
         raise ValueError("pass both a SAM backend and the per-box images, or neither")
     if images is not None and len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     out = []
-    for i in tqdm(range(len(boxes)), desc="masks", disable=not progress or backend is None):
+    for i in progress_bar(range(len(boxes)), desc="masks", disable=not progress or backend is None):
         if backend is None:
             out.append(threshold_object_mask(maps[i], boxes[i], latent_size, **kwargs))
         else:

@@ -64,3 +64,23 @@ def test_generate_enlarges_small_images_for_viewing(tmp_path, capsys):
     with Image.open(big) as b, Image.open(exact) as e:
         assert b.size == (256, 256) and e.size == (32, 32)
         assert b.resize((32, 32), Image.NEAREST).tobytes() == e.tobytes()
+
+
+def test_generate_plans_for_the_toy_model_with_its_planner(tmp_path, capsys):
+    """With the toy model the offline planner plans as for the toy model (toy_planner: square boxes of the trained
+    sizes, no photo background) and says which words the toy model never learnt; Stable Diffusion keeps its own."""
+    from lmd_utils.toyworld.model import toy_layout
+
+    import pytest
+
+    from lmd_utils.layout import LayoutWarning
+
+    out = tmp_path / "x.png"
+    with pytest.warns(LayoutWarning, match="the toy model does not know 'cat'"):  # named, not silently dropped
+        assert main(["generate", "three green squares and a cat", "--model", "toyworld", "--steps", "2",
+                     "--source", "planner", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert printed["boxes"] == json.loads(toy_layout("three green squares and a cat").to_json())["boxes"]
+    assert printed["background"] == ""
+    assert all(round(b["x1"] - b["x0"], 6) == round(b["y1"] - b["y0"], 6) for b in printed["boxes"])  # squares

@@ -44,6 +44,9 @@ def test_authors_takes_overrides_and_documents_each_switch():
     for name in ("stop_rule", "skip_articles", "head_reduction", "truncate_forward"):
         assert name in GuidanceConfig.__doc__, name
     assert "tests/reference" in LMDConfig.authors.__doc__ and "tests/reference" in GuidanceConfig.authors.__doc__
-    for bad in ({"box_rounding": "floor"}, {"alignment": "left"}, {"compose_initial": "boxes"}, {"sam_rules": "x"}):
+    for bad in ({"box_rounding": "floor"}, {"alignment": "left"}, {"compose_initial": "boxes"}, {"sam_rules": "x"},
+                {"mask_method": "sam"}):
         with pytest.raises(ValueError):
             LMDConfig(**bad)
+    for method in ("normalized", "object", "quantile"):  # every mask rule of lmd_utils.masks is a setting
+        assert LMDConfig(mask_method=method).mask_method == method

@@ -265,9 +265,13 @@ def test_non_english_prompt_gets_english_layout(openai_server, tmp_path, prompt)
 # Choosing a source
 # =============================================================================================================
 def test_resolve_source(tmp_path, gpt35_replies_file, monkeypatch):
+    from lmd_utils.toyworld.model import toy_planner
+
     src, note = resolve_source(None)
     assert isinstance(src, OfflinePlanner) and "offline planner" in note and "LMD_LLM_MODEL" in note
     assert isinstance(resolve_source("planner")[0], OfflinePlanner)
+    toy = toy_planner()  # the planner a model asks for is the one used, whether named or the fallback
+    assert resolve_source("planner", planner=toy)[0] is toy and resolve_source(None, planner=toy)[0] is toy
     assert isinstance(resolve_source(str(gpt35_replies_file))[0], ReplyFileSource)
     with pytest.raises(LLMNotConfigured):
         resolve_source("llm")

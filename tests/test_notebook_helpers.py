@@ -439,11 +439,11 @@ def test_library_bars_are_turned_off_only_in_a_kernel_without_widgets(progress_e
 
 
 def test_lmd_utils_draws_its_bars_through_progress_bar():
-    """No module picks tqdm.auto itself (it would draw frozen widgets in saved notebooks) but those listed."""
+    """No module picks tqdm.auto itself (it would draw frozen widgets in saved notebooks)."""
     from pathlib import Path
 
     package = Path(notebook.__file__).parent
-    others = {"masks.py", "toyworld/benchmark.py", "toyworld/train.py"}  # to move to progress_bar by their owners
+    others: set[str] = set()
     direct = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
                     if "tqdm.auto" in p.read_text(encoding="utf-8") and p.name != "progress.py")
     assert set(direct) <= others, f"use lmd_utils.progress.progress_bar in {sorted(set(direct) - others)}"

@@ -56,21 +56,21 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..attention import ALL_LAYERS, AttentionStore, mass_inside_box, word_token_indices
 from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, run_benchmark
 from ..layout import CANVAS_SIZE, Box, Layout
 from ..masks import extract_object_masks, mask_iou, resize_masks
-from ..models import decode_latents, default_resolution, encode_prompts, initial_noise, is_pixel_space
+from ..models import decode_latents, default_resolution, encode_prompts, initial_noise
 from ..config import LMDConfig
 from ..per_box import run_per_box
 from ..pipeline import configured_layout, generate
 from ..planner import plan_layout
+from ..progress import progress_bar
 from ..sampling import denoise
 from ..sam import SamBackend
 from .detector import Detection, detect, detect_boxes
-from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_LMD_CONFIG, toy_layout
+from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_LMD_CONFIG, is_toyworld, toy_layout
 from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES, parse_phrase
 from .segment import FlatColourSegmenter
 
@@ -222,7 +222,7 @@ def merged_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 def check_toy_pipeline(pipe) -> None:
     """Refuse models the toy detector cannot score (it reads 3-channel pixel-space toy images)."""
-    if not is_pixel_space(pipe) or int(pipe.unet.config.in_channels) != 3:
+    if not is_toyworld(pipe):
         raise ValueError("the stage-2 benchmark here needs a toy-world model (pixel space, 3 channels) whose images "
                          "the toy detector can read; scoring real models needs an open-vocabulary detector")
 
@@ -242,7 +242,7 @@ def plain_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, batch_si
     height, width = config.height or default_resolution(pipe)[0], config.width or default_resolution(pipe)[1]
     uncond = encode_prompts(pipe, [""])
     out = []
-    with tqdm(total=len(prompts), desc="sd", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(prompts), desc="sd", unit="img", disable=not progress) as bar:
         for lo in range(0, len(prompts), batch_size):
             chunk = prompts[lo: lo + batch_size]
             noise = initial_noise(pipe, len(chunk), height, width, [p.seed for p in chunk])
@@ -283,7 +283,7 @@ def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: 
     with the masks of ``masks`` (:func:`mask_backend`); ``(N, 3, H, W)`` in [0, 1]."""
     out = []
     sam = mask_backend(masks)
-    bar = tqdm(prompts, desc="lmd", unit="img", disable=not progress)
+    bar = progress_bar(prompts, desc="lmd", unit="img", disable=not progress)
     start = time.perf_counter()
     for i, p in enumerate(bar, start=1):
         out.append(generate(pipe, benchmark_layout(p.prompt, planner), seed=p.seed, config=config, sam=sam,
@@ -342,7 +342,7 @@ def single_object_check(pipe, n: int = 120, first_seed: int = REPORT_FIRST_SEED,
     exact = present = colour_ok = scored = 0
     masses, areas = [], []
     t0 = time.perf_counter()
-    with tqdm(total=n, desc="single objects", unit="img", disable=not progress) as bar:
+    with progress_bar(total=n, desc="single objects", unit="img", disable=not progress) as bar:
         for lo in range(0, n, batch_size):
             chunk = prompts[lo: lo + batch_size]
             nouns = [word_token_indices(pipe.tokenizer, c, c, last_token_only=True)[0] for c in chunk]
@@ -445,7 +445,7 @@ def check_masks(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, planner: 
     mask_ious: list[float] = []
     missing = 0
     t0 = time.perf_counter()
-    for p in tqdm(prompts, desc="masks", unit="layout", disable=not progress):
+    for p in progress_bar(prompts, desc="masks", unit="layout", disable=not progress):
         layout = configured_layout(benchmark_layout(p.prompt, planner), config)
         if not layout.boxes:
             continue
@@ -650,7 +650,7 @@ def calibrate(pipe, base: dict[str, Any] | None = None, knobs: dict[str, list[di
     current = Trial("(start)", {}, four_task_average(result), {t: result.accuracy(t) for t in TASKS}, spi)
     trials.append(current)
     total = sum(len(v) for v in knobs.values())
-    bar = tqdm(total=total, desc="calibrate", disable=not progress)
+    bar = progress_bar(total=total, desc="calibrate", disable=not progress)
     for knob, values in knobs.items():
         for overrides in values:
             bar.update(1)

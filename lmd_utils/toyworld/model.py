@@ -31,7 +31,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..layout import Layout
 from ..offline_tokenizer import build_clip_tokenizer, single_token_order
-from ..planner import ModelLimits, plan_layout
+from ..planner import ModelLimits, OfflinePlanner
 from .scenes import IMAGE_SIZE, VOCABULARY, box_sides
 
 #: The pipeline's VaeImageProcessor assumes an 8× VAE when there is none: height/width passed to the pipeline
@@ -90,12 +90,12 @@ TOY_PLANNER_LIMITS = ModelLimits(box_sides=box_sides, grid=IMAGE_SIZE, backgroun
                                  vocabulary=VOCABULARY, name="the toy model")
 
 
-def toy_layout(prompt: str, config=None) -> Layout:
-    """The offline planner's layout of ``prompt`` for the toy model (:data:`TOY_PLANNER_LIMITS`): boxes the toy model
+def toy_planner(config=None) -> OfflinePlanner:
+    """The offline planner as a layout source for the toy model (:data:`TOY_PLANNER_LIMITS`): boxes the toy model
     can draw (squares of the trained sizes, 7–13 px, where the planner places its boxes), the toy background, and one
     :class:`~lmd_utils.layout.LayoutWarning` naming words the planner or the toy model does not know.
 
-    ``config`` (an :class:`~lmd_utils.config.LMDConfig`, optional): its ``background``, when set, is the layout's
+    ``config`` (an :class:`~lmd_utils.config.LMDConfig`, optional): its ``background``, when set, is the layouts'
     (stage 2 would replace the layout's by it anyway, :func:`~lmd_utils.pipeline.configured_layout`).
     """
     limits = TOY_PLANNER_LIMITS
@@ -103,7 +103,19 @@ def toy_layout(prompt: str, config=None) -> Layout:
         from dataclasses import replace
 
         limits = replace(limits, background=config.background)
-    return plan_layout(prompt, limits)
+    return OfflinePlanner(limits)
+
+
+def toy_layout(prompt: str, config=None) -> Layout:
+    """The offline planner's layout of ``prompt`` for the toy model: :func:`toy_planner`'s."""
+    return toy_planner(config).get_layout(prompt)
+
+
+def is_toyworld(pipe) -> bool:
+    """Whether ``pipe`` is a toy-world model (pixel space, 3-channel RGB latents): its layouts come from
+    :func:`toy_planner` and the toy detector can read its images."""
+    unet = getattr(pipe, "unet", None)
+    return getattr(pipe, "vae", None) is None and unet is not None and int(unet.config.in_channels) == 3
 
 
 @dataclass

@@ -43,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from ..attention import ALL_LAYERS, AttentionStore, capture_cross_attention
+from ..progress import progress_bar
 from .detector import check_caption, detect
 from .model import (TOYWORLD_LMD_CONFIG, ToyWorldConfig, build_toyworld_pipeline, count_parameters,
                     export_pipeline, sample_images)
@@ -272,7 +272,7 @@ class Trainer:
         self.unet.train()
         self.text_encoder.train()
         with open(log_path, "a", newline="") as f, \
-                tqdm(total=steps, initial=self.step, desc="toyworld", mininterval=30, file=sys.stderr) as bar:
+                progress_bar(total=steps, initial=self.step, desc="toyworld", mininterval=30, file=sys.stderr) as bar:
             writer = csv.writer(f)
             if new_log:
                 writer.writerow(["step", "elapsed_s", "s_per_step", "loss", "diffusion", "attention", "lr"])
