@@ -6,7 +6,8 @@ Commands::
     benchmark prompts                                                                the 400 benchmark prompts
     benchmark stage1 [--source FILE.json|planner|llm]                               stage-1 table, last line
                                                                                      "overall: N/400"
-    benchmark stage2 [--model toyworld] [--method sd,lmd]             stage 2 in the toy world, toy detector
+    benchmark stage2 [--model toyworld|tiny|ID|PATH] [--method sd,lmd] [--out DIR]  stage 2: toy world (toy detector)
+                                                     or the 400 prompts on a real model (OWL-ViT), resumable
     benchmark score-detections FILE.json          raw detector output → the paper's verdicts, last "overall: N/M"
     generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both]   prompt → image
     demo --out demo.png                                          offline: layout, plain and LMD images in one PNG
@@ -291,27 +292,47 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# benchmark stage2 (the toy world: plain sampling vs LMD, scored by the toy detector)
+# benchmark stage2 (toy world: toy prompts and detector, lmd_utils.toyworld.benchmark; any other model: the 400
+# prompts, layouts from a source, OWL-ViT/OWLv2, saved as it goes, lmd_utils.stage2)
 # ------------------------------------------------------------------------------------------------------------
 def add_benchmark_stage2_command(subparsers) -> None:
     p = subparsers.add_parser(
-        "stage2", help="stage 2 on the toy world: plain sampling vs LMD on the four tasks, scored by the toy "
-                       "detector (last line: overall: sd X%% lmd Y%%)")
+        "stage2", help="stage 2: plain sampling vs LMD on the four tasks, scored by a detector (last line: "
+                       "overall: sd X%% lmd Y%%); the toy world with its exact detector, or a real model on the "
+                       "400 prompts with OWL-ViT, resumable, sharded with accelerate launch")
     p.add_argument("--model", dest="diffusion_model", default="toyworld", metavar="MODEL",
-                   help="'toyworld' (shipped) or a toy-world diffusers folder (default: %(default)s)")
+                   help="'toyworld' (shipped), a toy-world folder, 'tiny', or a Stable Diffusion hub id or folder "
+                        "(default: %(default)s)")
     p.add_argument("--method", default="sd,lmd", help="comma-separated methods: sd, lmd (default: %(default)s)")
-    p.add_argument("--first-seed", type=seed_arg, default=0, help="seed of each task's first prompt (default: 0)")
+    p.add_argument("--first-seed", type=seed_arg, default=0,
+                   help="toy world: seed of each task's first prompt; real models: prompt i uses seed FIRST+i "
+                        "(default: 0)")
     p.add_argument("--n-per-task", type=positive_arg, default=100, help="prompts per task (default: %(default)s)")
     p.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the model's LMD config)")
-    p.add_argument("--batch-size", type=positive_arg, default=50, help="prompts per batch of plain sampling")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    p.add_argument("--json", type=Path, default=None, help="also write scores, failures and timings as JSON")
+    p.add_argument("--batch-size", type=positive_arg, default=50, help="toy world: prompts per batch of plain "
+                                                                        "sampling")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu for the toy world, else the "
+                                                  "best here; under accelerate launch each process its own)")
+    p.add_argument("--detector", choices=("owlvit", "owlv2", "toy"), default=None,
+                   help="real models: owlvit (the paper's, default) or owlv2; the toy world uses its exact detector")
+    p.add_argument("--detector-model", default=None, metavar="ID_OR_FOLDER",
+                   help="the detector checkpoint (default: google/owlvit-base-patch32 or the OWLv2 ensemble)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="real models: the run folder (images, layouts, detections, verdicts, summary); a re-run "
+                        "resumes (default: runs/stage2)")
+    p.add_argument("--llm-model", dest="model", default=None, help="LLM model name for the layouts")
+    add_source_options_without_model(p)
+    p.add_argument("--json", type=Path, default=None, help="toy world: also write scores, failures and timings")
     p.add_argument("--show-failures", action="store_true", help="list the failed prompts with their detections")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=run_benchmark_stage2_command)
 
 
 def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
+    from .notebook import model_kind
+
+    if model_kind(args.diffusion_model) != "toy":
+        return run_real_stage2(args)
     import json
 
     from .models import load_pipeline
@@ -321,9 +342,11 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
         methods = parse_methods(args.method)  # bad names fail before the model loads
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.detector not in (None, "toy"):
+        raise UsageError(f"--detector {args.detector}: the toy world is scored by its exact detector ('toy')")
     check_output_path(args.json, "--json", (".json",))
-    check_device_arg(args.device)
-    pipe = load_pipeline(args.diffusion_model, device=args.device)
+    check_device_arg(args.device or "cpu")
+    pipe = load_pipeline(args.diffusion_model, device=args.device or "cpu")
     config = toy_lmd_config(pipe, steps=args.steps)
     report = run_toy_benchmark(pipe, methods, args.first_seed, args.n_per_task, config, args.batch_size,
                                progress=not args.no_progress)
@@ -332,6 +355,60 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
     print(report.format(show_failures=args.show_failures))
+    return 0
+
+
+def run_real_stage2(args: argparse.Namespace) -> int:
+    """The 400-prompt benchmark on a real (or tiny) model: :mod:`lmd_utils.stage2`."""
+    from .stage2 import parse_stage2_methods, run_stage2, select_specs
+
+    try:
+        methods = parse_stage2_methods(args.method)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.detector == "toy":
+        raise UsageError("--detector toy reads only toy-world images; use owlvit or owlv2")
+    out = args.out or Path("runs/stage2")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)[:80]!r} is a file, not a folder")
+    check_source_args(args)
+    if args.device is not None:
+        check_device_arg(args.device)
+    if args.diffusion_model != "tiny":
+        local_model_folder(args.diffusion_model)
+    from accelerate import PartialState
+
+    from .config import LMDConfig
+    from .evaluation import load_detector
+    from .models import load_pipeline
+
+    import torch
+
+    # on a machine without CUDA, processes started by `accelerate launch --multi_gpu` share the work only as CPU
+    # processes (gloo); without cpu=True each would run everything alone
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = state.device if state.num_processes > 1 or args.device is None else args.device
+    source = source_from_args(args)
+    detector = load_detector(args.detector or "owlvit", args.detector_model, device=device)
+    pipe = load_pipeline(args.diffusion_model, device=device)
+    config = LMDConfig.for_pipe(pipe)
+    if args.steps is not None:
+        config = config.with_steps(args.steps)
+    items = select_specs(args.n_per_task)
+    meta = {"model": args.diffusion_model, "detector": args.detector or "owlvit", "source": source.name}
+    text = run_stage2(pipe, detector, source, items, methods, out, config, args.first_seed, state,
+                      progress=not args.no_progress and state.is_main_process, meta=meta)
+    if text is not None:
+        if args.show_failures:
+            import json
+
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            for method, result in summary["methods"].items():
+                for f in result["failures"]:
+                    found = f["error"] or [(name, [round(v, 1) for v in box]) for name, box in f["objects"]]
+                    print(one_line(f"FAILED [{method}] {f['prompt']}: {found}", 2000))
+        print(f"wrote {out}/summary.png, {out}/summary.json", file=sys.stderr)
+        print(text)
     return 0
 
 

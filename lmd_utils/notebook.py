@@ -144,11 +144,19 @@ def default_model_id(cuda: bool | None = None) -> str:
 
 
 def _is_toy_folder(path: Path) -> bool:
-    """A toy-world model folder: the one shipped, or one the toy-world training exported (it writes toyworld.json)."""
+    """A toy-world model folder: the one shipped, one the toy-world training exported (it writes toyworld.json), or
+    any pipeline folder without a VAE (pixel space, as :func:`~lmd_utils.toyworld.model.is_toyworld` says of a
+    loaded pipeline)."""
     try:
-        return path.resolve() == TOYWORLD_MODEL_DIR.resolve() or (path / "toyworld.json").is_file()
-    except OSError:
+        if path.resolve() == TOYWORLD_MODEL_DIR.resolve() or (path / "toyworld.json").is_file():
+            return True
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
+    if not isinstance(index, dict) or "unet" not in index:
+        return False
+    vae = index.get("vae")
+    return vae is None or (isinstance(vae, list) and vae[:1] == [None])
 
 
 def model_kind(model_id: str | None) -> str | None:
