@@ -98,15 +98,19 @@ class Stage2Run:
         """Indices of the prompts with at least one method still to run."""
         return [i for i, _ in items if not all(self.done(m, i) for m in methods)]
 
-    def layout(self, index: int, spec: PromptSpec, source) -> tuple[Layout | None, str | None]:
+    def layout(self, index: int, spec: PromptSpec, source, check: Callable[[Layout], Layout] | None = None
+               ) -> tuple[Layout | None, str | None]:
         """The prompt's layout (saved, so a resumed run asks no LLM again) or ``(None, why)`` when the source's reply
-        cannot be used (the prompt then fails for every method that needs a layout, as in the paper)."""
+        cannot be used or ``check`` (:func:`~lmd_utils.pipeline.check_layout` for the model) refuses it: the prompt
+        then fails for every method that needs a layout, as in the paper."""
         path = self.layout_path(index)
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
             return (Layout.from_dict(saved["layout"]), None) if saved["layout"] is not None else (None, saved["error"])
         try:
             layout, error = source.get_layout(spec.prompt), None
+            if check is not None:
+                layout = check(layout)
         except (LayoutParseError, LayoutError) as e:
             layout, error = None, str(e)
         _write_json(path, {"prompt": spec.prompt, "source": getattr(source, "name", str(source)),
@@ -201,7 +205,12 @@ def run_stage2(pipe, detector: Detector, source, items: Sequence[tuple[int, Prom
     """Run every unfinished (prompt, method) of ``items`` and, on the main process, write the summary (its text
     is returned; other processes return ``None``).  ``state``: an ``accelerate.PartialState`` to split the
     unfinished prompts between processes (``None``: this process does them all)."""
+    from .pipeline import check_layout
+
     run = Stage2Run(Path(out))
+    check = lambda layout: check_layout(pipe, layout, config)  # noqa: E731
+    if hasattr(source, "validate"):  # an LLM source: a reply stage 2 cannot run is asked again, never cached
+        source.validate = check
     pending = run.pending(items, methods)
     by_index = dict(items)
     share = pending
@@ -210,7 +219,7 @@ def run_stage2(pipe, detector: Detector, source, items: Sequence[tuple[int, Prom
             share = list(mine)
     for index in progress_bar(share, desc="stage 2", unit="prompt", disable=not progress):
         spec = by_index[index]
-        layout, error = run.layout(index, spec, source)
+        layout, error = run.layout(index, spec, source, check)
         for method in methods:
             if not run.done(method, index):
                 run_one(run, pipe, detector, method, index, spec, layout, error, first_seed + index, config,

@@ -123,3 +123,30 @@ def test_accelerate_launch_shares_the_prompts_between_two_cpu_processes(owl_fold
     assert OVERALL.match(done.stdout.strip().splitlines()[-1])
     processes = {json.loads(p.read_text())["process"] for p in (out / "lmd").glob("[0-9]*.json")}
     assert processes == {0, 1}
+
+
+def test_a_reply_that_cannot_be_used_fails_its_prompt_only(owl_folder, tmp_path, capsys):
+    """A reply that does not parse, and one stage 2 cannot run (a background past the text encoder's 77 tokens),
+    fail their prompts for lmd (saved with the reason) while the run goes on; sd needs no layout."""
+    from lmd_utils.llm_layouts import layout_to_reply
+    from lmd_utils.planner import plan_layout
+
+    specs = [s for _, s in select_specs(1)]
+    replies = {s.prompt: [layout_to_reply(plan_layout(s.prompt))] for s in specs}
+    replies[specs[1].prompt] = ["I cannot draw boxes, sorry."]
+    too_long = " ".join(["a very long background"] * 30)
+    replies[specs[2].prompt] = [f"Objects: [('a cat', [10, 20, 200, 200])]\nBackground prompt: {too_long}\n"
+                                "Negative prompt:"]
+    reply_file = tmp_path / "replies.json"
+    reply_file.write_text(json.dumps(replies))
+    out = tmp_path / "run"
+    args = [a if a != "planner" else str(reply_file) for a in _args(owl_folder, out)]
+    assert main(args) == 0
+    assert OVERALL.match(capsys.readouterr().out.strip().splitlines()[-1])
+    (i0, _), (i1, _), (i2, _), _ = select_specs(1)
+    for bad in (i1, i2):
+        record = json.loads((out / "lmd" / f"{bad:03d}.json").read_text())
+        assert record["success"] is False and record["error"].startswith("no usable layout")
+        assert json.loads((out / "sd" / f"{bad:03d}.json").read_text())["error"] is None
+    assert "77" in json.loads((out / "layouts" / f"{i2:03d}.json").read_text())["error"]
+    assert json.loads((out / "lmd" / f"{i0:03d}.json").read_text())["error"] is None
