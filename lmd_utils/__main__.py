@@ -9,7 +9,7 @@ Commands::
     benchmark stage2 [--model toyworld|tiny|ID|PATH] [--method sd,lmd] [--out DIR]  stage 2: toy world (toy detector)
                                                      or the 400 prompts on a real model (OWL-ViT), resumable
     benchmark score-detections FILE.json          raw detector output → the paper's verdicts, last "overall: N/M"
-    generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both]   prompt → image
+    generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both|backward-guidance|...]
     demo --out demo.png                                          offline: layout, plain and LMD images in one PNG
 
 Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser and sets
@@ -137,8 +137,9 @@ def add_generate_command(subparsers) -> None:
                    help="'toyworld' (shipped, CPU), 'tiny' (random weights, wiring only), a hub id such as "
                         "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG (default: %(default)s)")
-    p.add_argument("--method", choices=("lmd", "sd", "both"), default="lmd",
-                   help="LMD, plain sampling from the same seed, or both side by side with the layout")
+    p.add_argument("--method", choices=("lmd", "sd", "both", "backward-guidance", "multidiffusion"), default="lmd",
+                   help="LMD, plain sampling from the same seed, both side by side with the layout, or a baseline "
+                        "on the same layout (lmd_utils.baselines)")
     p.add_argument("--seed", type=seed_arg, default=0, help="0 .. 2**64-1 (default: 0)")
     p.add_argument("--steps", type=steps_arg, default=None, help="denoising steps (default: the model's LMD config)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
@@ -204,6 +205,10 @@ def run_generate_command(args: argparse.Namespace) -> int:
     if args.method in ("sd", "both"):
         images["plain sampling"] = generate_sd(pipe, args.prompt, seed=args.seed, config=config,
                                                negative_prompt=layout.negative)
+    if args.method in ("backward-guidance", "multidiffusion"):
+        from .baselines import BASELINES
+
+        images[args.method] = BASELINES[args.method](pipe, layout, args.seed, config).image
     if args.method in ("lmd", "both"):
         result = generate(pipe, layout, seed=args.seed, config=config, sam=sam)
         images["LMD"] = result.image
@@ -303,7 +308,9 @@ def add_benchmark_stage2_command(subparsers) -> None:
     p.add_argument("--model", dest="diffusion_model", default="toyworld", metavar="MODEL",
                    help="'toyworld' (shipped), a toy-world folder, 'tiny', or a Stable Diffusion hub id or folder "
                         "(default: %(default)s)")
-    p.add_argument("--method", default="sd,lmd", help="comma-separated methods: sd, lmd (default: %(default)s)")
+    p.add_argument("--method", default="sd,lmd",
+                   help="comma-separated methods, run on the same layouts and seeds: sd, backward-guidance, "
+                        "multidiffusion, lmd (default: %(default)s)")
     p.add_argument("--first-seed", type=seed_arg, default=0,
                    help="toy world: seed of each task's first prompt; real models: prompt i uses seed FIRST+i "
                         "(default: 0)")

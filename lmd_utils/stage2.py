@@ -7,7 +7,8 @@ For each benchmark prompt (:func:`~lmd_utils.benchmark.benchmark_specs`, index `
    planner), asked once per prompt and saved as ``layouts/NNN.json``;
 2. the image from seed ``first_seed + i`` (the authors' ``generate.py``: seed = prompt index + offset):
    ``sd`` is plain sampling of the prompt with the layout's negative prompt and the overall negative prompt (the
-   authors' SD baseline), ``lmd`` is :func:`~lmd_utils.pipeline.generate`;
+   authors' SD baseline), ``lmd`` is :func:`~lmd_utils.pipeline.generate`, ``backward-guidance`` and
+   ``multidiffusion`` the baselines of :mod:`lmd_utils.baselines` on the same layout;
 3. the detector's raw output on the image (:func:`~lmd_utils.evaluation.detect_record`) and the verdict of the
    prompt's rule (:func:`~lmd_utils.evaluation.score_record`: score ≥ 0.15, class-aware NMS at IoU 0.15).
 
@@ -37,7 +38,7 @@ from .llm_layouts import LayoutParseError
 from .progress import progress_bar
 
 #: The methods this benchmark can run, in the order of the paper's table.
-METHODS = ("sd", "lmd")
+METHODS = ("sd", "backward-guidance", "multidiffusion", "lmd")
 
 
 def parse_stage2_methods(methods: str | Sequence[str]) -> list[str]:
@@ -119,15 +120,22 @@ class Stage2Run:
 
 
 def make_image(pipe, method: str, spec: PromptSpec, layout: Layout | None, seed: int, config):
-    """The image ``(3, H, W)`` in [0, 1] of ``method`` for one prompt (``None`` for ``lmd`` without a layout)."""
+    """The image ``(3, H, W)`` in [0, 1] of ``method`` for one prompt (``None`` for a layout method without a
+    layout)."""
     from .pipeline import generate, generate_sd
 
     if method == "sd":
         negative = join_phrases(layout.negative if layout is not None else "", config.overall_negative_prompt)
         return generate_sd(pipe, spec.prompt, seed, config, negative_prompt=negative, progress=False)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    if layout is None:
+        return None
     if method == "lmd":
-        return None if layout is None else generate(pipe, layout, seed, config, progress=False).image
-    raise ValueError(f"unknown method {method!r}")
+        return generate(pipe, layout, seed, config, progress=False).image
+    from .baselines import BASELINES
+
+    return BASELINES[method](pipe, layout, seed, config, progress=False).image
 
 
 def run_one(run: Stage2Run, pipe, detector: Detector, method: str, index: int, spec: PromptSpec,

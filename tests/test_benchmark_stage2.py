@@ -300,17 +300,22 @@ def test_cli_stage2_end_to_end(tiny_toy_folder, tmp_path, capsys):
     (tiny_toy_folder / "lmd_config.json").write_text(json.dumps(FAST))
     out = tmp_path / "stage2.json"
     try:
-        rc = cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method", "sd,lmd",
-                       "--n-per-task", "1", "--first-seed", "5", "--no-progress", "--json", str(out)])
+        rc = cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method",
+                       "sd,backward-guidance,multidiffusion,lmd", "--n-per-task", "1", "--first-seed", "5",
+                       "--no-progress", "--json", str(out)])
     finally:
         (tiny_toy_folder / "lmd_config.json").unlink()
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     lines = captured.out.strip().splitlines()
-    assert re.fullmatch(r"overall: sd \d+\.\d% lmd \d+\.\d%", lines[-1])
-    assert sum(line.startswith("[sd] stage 2") or line.startswith("[lmd] stage 2") for line in lines) == 2
+    methods = ["sd", "backward-guidance", "multidiffusion", "lmd"]  # one 'name N%' per method, in the order given
+    assert re.fullmatch(" ".join(["overall:"] + [rf"{m} \d+\.\d%" for m in methods]), lines[-1]), lines[-1]
+    assert sum(any(line.startswith(f"[{m}] stage 2") for m in methods) for line in lines) == 4
     for task in TASKS:
-        assert sum(line.startswith(task) for line in lines) == 2
+        assert sum(line.startswith(task) for line in lines) == 4
+    table = lines[-6:-1]  # one row per method: four task scores, the average, seconds per image
+    assert table[0].split() == ["method", *TASKS, "average", "s/image"]
+    assert [row.split()[0] for row in table[1:]] == methods and all(len(row.split()) == 7 for row in table[1:])
     saved = json.loads(out.read_text())
     assert saved["meta"]["n_per_task"] == 1 and saved["meta"]["steps"] == 3
     assert cli_main(["benchmark", "stage2", "--model", str(tiny_toy_folder), "--method", "sd,dalle"]) == 2  # a usage error

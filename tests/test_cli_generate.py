@@ -84,3 +84,11 @@ def test_generate_plans_for_the_toy_model_with_its_planner(tmp_path, capsys):
     assert printed["boxes"] == json.loads(toy_layout("three green squares and a cat").to_json())["boxes"]
     assert printed["background"] == ""
     assert all(round(b["x1"] - b["x0"], 6) == round(b["y1"] - b["y0"], 6) for b in printed["boxes"])  # squares
+
+
+def test_generate_runs_each_baseline_on_the_layout(tmp_path):
+    for method in ("backward-guidance", "multidiffusion"):
+        out = tmp_path / f"{method}.png"
+        assert main(["generate", "a cat on the left and a dog on the right", "--model", "tiny", "--steps", "2",
+                     "--method", method, "--out", str(out), "--source", "planner"]) == 0
+        assert Image.open(out).size == (256, 256)

@@ -48,11 +48,12 @@ def test_methods_and_prompt_selection():
 
 def test_runs_end_to_end_saves_everything_and_scores_like_score_detections(owl_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_args(owl_folder, out)) == 0
+    methods = ["sd", "backward-guidance", "multidiffusion", "lmd"]
+    assert main(_args(owl_folder, out, "--method", ",".join(methods))) == 0
     text = capsys.readouterr().out.strip().splitlines()
-    assert OVERALL.match(text[-1]), text[-1]
+    assert re.fullmatch(" ".join(["overall:"] + [rf"{m} \d+\.\d%" for m in methods]), text[-1]), text[-1]
     indices = [i for i, _ in select_specs(1)]
-    for method in ("sd", "lmd"):
+    for method in methods:
         for i in indices:
             record = json.loads((out / method / f"{i:03d}.json").read_text())
             assert record["seed"] == i and record["method"] == method and record["error"] is None
@@ -64,7 +65,7 @@ def test_runs_end_to_end_saves_everything_and_scores_like_score_detections(owl_f
     negation = json.loads((out / "layouts" / f"{indices[0]:03d}.json").read_text())
     assert negation["layout"]["boxes"] == [] and negation["error"] is None  # a layout without boxes is a layout
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["methods"]) == ["sd", "lmd"] and summary["prompts"] == 4
+    assert list(summary["methods"]) == methods and summary["prompts"] == 4
     assert all(m["seconds_per_image"] > 0 for m in summary["methods"].values())
     assert (out / "summary.png").stat().st_size > 0
 

@@ -21,9 +21,10 @@ Methods, from the same seed (the prompt's seed is the image seed, so both start 
   boxes of the sizes the toy model was trained on, 7–13 px, where the planner places its boxes; "without X" becomes
   the negative prompt) → :func:`~lmd_utils.pipeline.generate`, masks from the attention (the threshold route, the
   toy model's ``mask_method="object"``: the mask follows the object; ``masks="segmenter"``: refined by the toy
-  world's SAM stand-in instead, :data:`MASK_SOURCES`).
+  world's SAM stand-in instead, :data:`MASK_SOURCES`);
+* ``backward-guidance``, ``multidiffusion``: the baselines of :mod:`lmd_utils.baselines` on the same layouts.
 
-Both use the model's LMD settings (:func:`toy_lmd_config`: the folder's ``lmd_config.json``, else
+All use the model's LMD settings (:func:`toy_lmd_config`: the folder's ``lmd_config.json``, else
 :data:`~lmd_utils.toyworld.model.TOYWORLD_LMD_CONFIG`) for steps and CFG scale.
 
 Calibration (:func:`calibrate`, ``python -m lmd_utils.toyworld.benchmark --calibrate``) is a coordinate search
@@ -74,7 +75,9 @@ from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_
 from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES, parse_phrase
 from .segment import FlatColourSegmenter
 
-METHODS = ("sd", "lmd")
+METHODS = ("sd", "backward-guidance", "multidiffusion", "lmd")
+#: What ``benchmark stage2`` runs by default.
+DEFAULT_METHODS = ("sd", "lmd")
 METHOD_NAMES = {"sd": "plain sampling (same seed, steps and CFG)", "lmd": "LMD (offline planner's toy layout)"}
 #: How the ``lmd`` method's object masks are made: ``"attention"`` (the threshold route, ``LMDConfig.mask_method``:
 #: attention alone) or ``"segmenter"`` (the paper's SAM route, with the toy world's SAM stand-in
@@ -277,19 +280,32 @@ def mask_backend(masks: str = "attention") -> SamBackend | None:
     return FlatColourSegmenter() if masks == "segmenter" else None
 
 
-def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: bool = True,
-               planner: str = "toy", masks: str = "attention") -> torch.Tensor:
-    """LMD for every prompt: the planner's layout (:func:`benchmark_layout`) → :func:`~lmd_utils.pipeline.generate`
-    with the masks of ``masks`` (:func:`mask_backend`); ``(N, 3, H, W)`` in [0, 1]."""
+def layout_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, method: str = "lmd", progress: bool = True,
+                  planner: str = "toy", masks: str = "attention") -> torch.Tensor:
+    """A layout-based method for every prompt: the planner's layout (:func:`benchmark_layout`), then
+    :func:`~lmd_utils.pipeline.generate` (``"lmd"``, with the masks of ``masks``: :func:`mask_backend`) or a
+    baseline of :data:`~lmd_utils.baselines.BASELINES` on the same layout and seed; ``(N, 3, H, W)`` in [0, 1]."""
+    from ..baselines import BASELINES
+
+    if method == "lmd":
+        sam = mask_backend(masks)
+        make = lambda layout, seed: generate(pipe, layout, seed=seed, config=config, sam=sam,  # noqa: E731
+                                             progress=False).image
+    else:
+        make = lambda layout, seed: BASELINES[method](pipe, layout, seed, config, progress=False).image  # noqa: E731
     out = []
-    sam = mask_backend(masks)
-    bar = progress_bar(prompts, desc="lmd", unit="img", disable=not progress)
+    bar = progress_bar(prompts, desc=method, unit="img", disable=not progress)
     start = time.perf_counter()
     for i, p in enumerate(bar, start=1):
-        out.append(generate(pipe, benchmark_layout(p.prompt, planner), seed=p.seed, config=config, sam=sam,
-                            progress=False).image)
+        out.append(make(benchmark_layout(p.prompt, planner), p.seed))
         bar.set_postfix_str(f"{(time.perf_counter() - start) / i:.2f} s/img")
     return torch.stack(out)
+
+
+def lmd_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, progress: bool = True,
+               planner: str = "toy", masks: str = "attention") -> torch.Tensor:
+    """:func:`layout_images` of the ``lmd`` method."""
+    return layout_images(pipe, prompts, config, "lmd", progress, planner, masks)
 
 
 # =============================================================================================================
@@ -517,8 +533,22 @@ class ToyBenchmarkReport:
                          f"({run.seconds_per_image:.2f} s/image), {run.cpu_seconds:.0f} s CPU "
                          f"({run.cpu_seconds_per_image:.2f} s/image)")
             lines.append("")
+        lines += self.table().splitlines()
         lines.append("overall: " + " ".join(f"{name} {run.average:.1f}%" for name, run in self.runs.items()))
         return "\n".join(lines)
+
+    def table(self) -> str:
+        """One row per method: its four task scores, the four-task average and the seconds per image (CPU time
+        of this process, all threads: what one idle core would take; measured in this run)."""
+        tasks = list(TASKS)
+        head = f"{'method':<18}" + "".join(f"{t:>12}" for t in tasks) + f"{'average':>9}{'s/image':>9}"
+        rows = [head]
+        for name, run in self.runs.items():
+            counts = run.result.counts()
+            cells = "".join(f"{100.0 * counts[t][0] / counts[t][1]:>11.0f}%" if t in counts else f"{'-':>12}"
+                            for t in tasks)
+            rows.append(f"{name:<18}{cells}{run.average:>8.1f}%{run.cpu_seconds_per_image:>9.2f}")
+        return "\n".join(rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "prompts": [{"task": p.task, "prompt": p.prompt, "seed": p.seed} for p in self.prompts],
@@ -537,7 +567,7 @@ def parse_methods(methods: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def run_toy_benchmark(pipe, methods: str | Iterable[str] = METHODS, first_seed: int = REPORT_FIRST_SEED,
+def run_toy_benchmark(pipe, methods: str | Iterable[str] = DEFAULT_METHODS, first_seed: int = REPORT_FIRST_SEED,
                       n_per_task: int = 100, config: LMDConfig | None = None, batch_size: int = 50,
                       progress: bool = True, planner: str = "toy", masks: str = "attention") -> ToyBenchmarkReport:
     """Generate and score the toy benchmark with each method (same prompts, same seeds); ``planner``: where the
@@ -552,7 +582,7 @@ def run_toy_benchmark(pipe, methods: str | Iterable[str] = METHODS, first_seed: 
         if method == "sd":
             images = plain_images(pipe, prompts, config, batch_size, progress)
         else:
-            images = lmd_images(pipe, prompts, config, progress, planner, masks)
+            images = layout_images(pipe, prompts, config, method, progress, planner, masks)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         runs[method] = MethodRun(method, score_images(prompts, images, method), images, seconds, cpu)
     meta = {"first_seed": first_seed, "n_per_task": n_per_task, "threads": torch.get_num_threads(),
@@ -747,7 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = ["ToyPrompt", "toy_prompt", "toy_benchmark_prompts", "detected_objects", "score_images",
            "four_task_average", "SingleObjectReport", "single_object_prompts", "single_object_check",
            "toy_lmd_config", "merged_settings", "plain_images",
-           "lmd_images", "LAYOUT_PLANNERS", "benchmark_layout", "MASK_SOURCES", "mask_backend", "box_iou", "per_box_object", "mask_check_prompts",
+           "lmd_images", "layout_images", "DEFAULT_METHODS", "LAYOUT_PLANNERS", "benchmark_layout", "MASK_SOURCES", "mask_backend", "box_iou", "per_box_object", "mask_check_prompts",
            "MaskCheckReport", "check_masks", "MethodRun", "ToyBenchmarkReport", "run_toy_benchmark", "parse_methods",
            "CALIBRATION_KNOBS", "calibrate", "CalibrationResult", "Trial", "evaluate_settings", "main"]
 
