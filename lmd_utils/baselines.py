@@ -56,16 +56,20 @@ def _setup(pipe, layout: Layout, seed: int, config: LMDConfig | None):
         layout.negative, config.overall_negative_prompt)
 
 
-def _plain(pipe, prompt: str, negative: str, noise, config: LMDConfig, method: str, hooks=(), progress=True):
+def _plain(pipe, prompt: str, negative: str, noise, config: LMDConfig, method: str, hooks=(), progress=True,
+           attention_store=None):
     result = denoise(pipe, noise, encode_prompts(pipe, [prompt]), encode_prompts(pipe, [negative]),
-                     config.num_inference_steps, config.guidance_scale, hooks=hooks, progress=progress)
+                     config.num_inference_steps, config.guidance_scale, hooks=hooks, progress=progress,
+                     attention_store=attention_store)
     return BaselineResult(decode_latents(pipe, result.latents)[0], method, [prompt], negative)
 
 
 def backward_guidance(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = None,
-                      guidance: GuidanceConfig | None = None, progress: bool = True) -> BaselineResult:
+                      guidance: GuidanceConfig | None = None, progress: bool = True,
+                      attention_store=None) -> BaselineResult:
     """One guided pass of the overall prompt (see the module docstring).  ``guidance`` default:
-    :data:`BACKWARD_GUIDANCE` stretched to ``config``'s steps, on the model's guidance layers."""
+    :data:`BACKWARD_GUIDANCE` stretched to ``config``'s steps, on the model's guidance layers.
+    ``attention_store`` (an :class:`~lmd_utils.attention.AttentionStore`) records the pass's cross-attention."""
     config, layout, noise, negative = _setup(pipe, layout, seed, config)
     prompt, background_end = overall_prompt_for(layout, config.overall_prompt, pipe.tokenizer)
     if not layout.boxes:
@@ -75,7 +79,8 @@ def backward_guidance(pipe, layout: Layout, seed: int = 0, config: LMDConfig | N
     layers = config.overall_guidance.layers or default_layers(pipe.unet)[0]
     hook = composed_pass_guidance(pipe.tokenizer, layout, prompt, background_end, [], settings.on_layers(layers),
                                   attention_transfer=False, box_rounding=config.box_rounding)
-    return _plain(pipe, prompt, negative, noise, config, "backward-guidance", hooks=[hook], progress=progress)
+    return _plain(pipe, prompt, negative, noise, config, "backward-guidance", hooks=[hook], progress=progress,
+                  attention_store=attention_store)
 
 
 class FuseRegions:

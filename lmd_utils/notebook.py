@@ -145,18 +145,15 @@ def default_model_id(cuda: bool | None = None) -> str:
 
 def _is_toy_folder(path: Path) -> bool:
     """A toy-world model folder: the one shipped, one the toy-world training exported (it writes toyworld.json), or
-    any pipeline folder without a VAE (pixel space, as :func:`~lmd_utils.toyworld.model.is_toyworld` says of a
-    loaded pipeline)."""
+    any pipeline folder without a VAE (pixel space, what :func:`~lmd_utils.toyworld.model.is_toyworld` checks)."""
+    if path.resolve() == TOYWORLD_MODEL_DIR.resolve() or (path / "toyworld.json").is_file():
+        return True
     try:
-        if path.resolve() == TOYWORLD_MODEL_DIR.resolve() or (path / "toyworld.json").is_file():
-            return True
         index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(index, dict) or "unet" not in index:
-        return False
-    vae = index.get("vae")
-    return vae is None or (isinstance(vae, list) and vae[:1] == [None])
+    vae = index.get("vae", "?") if isinstance(index, dict) and "unet" in index else "?"
+    return isinstance(vae, list) and vae[:1] == [None]  # diffusers writes a missing VAE as [null, null]
 
 
 def model_kind(model_id: str | None) -> str | None:
@@ -383,8 +380,7 @@ def setup(
     device: str | None = None,
     llm_model: str | None = None,
     base_url: str | None = None,
-    uses_llm: bool = False,
-    quiet: bool = False,
+    uses_llm: bool = False, quiet: bool = False,
     toy_steps: int | None = None,
 ) -> NotebookEnv:
     """The one set-up call of every notebook: seed, pick the device, check the model, find the LLM, and say what

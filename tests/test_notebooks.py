@@ -439,7 +439,7 @@ def test_skipped_cells_say_why_and_all_cells_compile(path):
 def test_readme_lists_the_series_and_marks_what_exists():
     text = README.read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| *(0\d) *\|(.*)$", text, re.M))
-    assert sorted(rows) == [f"0{i}" for i in range(1, 8)], "the table lists notebooks 01–07"
+    assert sorted(rows) == [f"0{i}" for i in range(1, 9)], "the table lists notebooks 01–08"
     for number, row in rows.items():
         existing = [p for p in NOTEBOOKS if p.name.startswith(number)]
         assert ("`lmd_utils." in row) and (bool(existing) == ("planned" not in row)), row
