@@ -15,8 +15,9 @@ Prompts (:func:`toy_benchmark_prompts`), each drawn from its own seed, so any se
 
 Methods, from the same seed (the prompt's seed is the image seed, so both start from the same ``z_T``):
 
-* ``sd``: plain sampling of the prompt (classifier-free guidance against the empty prompt, no negative prompt:
-  the paper's SD baseline), batched across prompts;
+* ``sd``: plain sampling of the prompt alone (classifier-free guidance against the empty prompt), batched across
+  prompts.  The authors' SD baseline also gets the LLM layout's negative prompt (``generate.py``), as
+  :mod:`lmd_utils.stage2` gives it on real models; here plain sampling has no layout at all;
 * ``lmd``: the offline planner's layout for the toy model (:func:`~lmd_utils.toyworld.model.toy_layout`: square
   boxes of the sizes the toy model was trained on, 7–13 px, where the planner places its boxes; "without X" becomes
   the negative prompt) → :func:`~lmd_utils.pipeline.generate`, masks from the attention (the threshold route, the
