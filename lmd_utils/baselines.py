@@ -13,6 +13,13 @@
   background's negative prompt (their ``indep_uncond=False``).
 
 Both return :class:`BaselineResult`.  BoxDiff, GLIGEN and LMD+ are not implemented yet.
+
+Where these differ from the authors' runs: MultiDiffusion's negative prompt is the layout's plus LMD's overall
+negative prompt (theirs adds "headshot, close-up, partial, large, huge, gigantic"); its region masks are the boxes
+rounded on the latent grid (:meth:`~lmd_utils.layout.Box.mask`; theirs are drawn in pixels, then resized by
+nearest neighbour); its flat bootstrap colours come from a generator seeded with the image seed (theirs from the
+global random state).  Backward guidance uses their settings literally (:meth:`GuidanceConfig.authors`).  Neither
+is yet checked against their code stage by stage, as LMD is (``make test-reference``).
 """
 
 from __future__ import annotations
