@@ -8,14 +8,21 @@ The measured comparison is ``python -m lmd_utils benchmark stage2 --method sd,ba
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .benchmark import TASKS, BenchmarkResult, PromptSpec, benchmark_specs
 from .layout import Box, Layout
+from .models import TOYWORLD_MODEL_DIR
+
+#: The comparison measured on the shipped toy model: ``benchmark stage2 ... --json`` of the command
+#: :func:`measured_table` prints (part of the model's card, next to its weights).
+TOY_COMPARISON = TOYWORLD_MODEL_DIR / "comparison.json"
 
 
 @dataclass
@@ -135,4 +142,20 @@ def counting_attention(pipe, comparison: Comparison, config, index: int | None =
     return CountingAttention(layout, word, single, per_box, boxes, inside_one, per_box_inside)
 
 
-__all__ = ["Comparison", "compare_methods", "CountingAttention", "counting_attention"]
+def measured_table(path: str | Path = TOY_COMPARISON) -> str:
+    """The measured comparison (a ``benchmark stage2 --json`` file of the toy world) as text: the command that
+    made it, then one row per method with its four task scores, the four-task average and the CPU seconds per
+    image (one thread, measured in the same run)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    meta, runs = data["meta"], data["runs"]
+    command = (f"python -m lmd_utils benchmark stage2 --model toyworld --method {','.join(runs)} "
+               f"--n-per-task {meta['n_per_task']} --first-seed {meta['first_seed']}")
+    lines = [command, f"{'method':<18}" + "".join(f"{t:>12}" for t in TASKS) + f"{'average':>9}{'s/image':>9}"]
+    for name, run in runs.items():
+        cells = "".join(f"{100.0 * run['counts'][t][0] / run['counts'][t][1]:>11.0f}%" for t in TASKS)
+        lines.append(f"{name:<18}{cells}{run['average']:>8.1f}%{run['cpu_seconds_per_image']:>9.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["Comparison", "compare_methods", "CountingAttention", "counting_attention", "TOY_COMPARISON",
+           "measured_table"]

@@ -35,3 +35,17 @@ def test_counting_attention_maps_and_shares(toy):
     assert len(counting.single_pass_inside) == n and all(0 <= v <= 1 for v in counting.single_pass_inside)
     assert counting.single_pass_best_box == max(counting.single_pass_inside)
     assert counting.word in c.specs[1].prompt  # the counted word, as the tokenizer spells it
+
+
+def test_the_shipped_comparison_is_read_as_one_row_per_method():
+    import json
+
+    from lmd_utils.comparisons import TOY_COMPARISON, measured_table
+
+    data = json.loads(TOY_COMPARISON.read_text())
+    lines = measured_table().splitlines()
+    assert lines[0].startswith("python -m lmd_utils benchmark stage2 --model toyworld --method ")
+    assert [row.split()[0] for row in lines[2:]] == list(data["runs"])
+    assert data["meta"]["n_per_task"] >= 50  # the measurement size
+    for row, run in zip(lines[2:], data["runs"].values()):
+        assert row.split()[-2] == f"{run['average']:.1f}%"
