@@ -378,6 +378,7 @@ def run_real_stage2(args: argparse.Namespace) -> int:
     out = args.out or Path("runs/stage2")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)[:80]!r} is a file, not a folder")
+    check_output_path(out / "summary.json", "--out")  # the run folder can be made and written, before any model
     check_source_args(args)
     if args.device is not None:
         check_device_arg(args.device)

@@ -102,7 +102,9 @@ def test_usage_errors_come_before_any_model_loads(owl_folder, tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
-def test_out_must_be_a_folder(owl_folder, tmp_path, capsys):
+def test_out_must_be_a_folder_we_can_write(owl_folder, tmp_path, capsys):
+    assert main(_args(owl_folder, Path("/proc/lmd-run"))) == 2  # cannot be made: said before any model loads
+    assert capsys.readouterr().err.startswith("error: --out")
     afile = tmp_path / "x.png"
     afile.write_bytes(b"")
     assert main(_args(owl_folder, afile)) == 2
