@@ -286,6 +286,12 @@ class BenchmarkResult:
                              for o in self.failures()]}
 
 
+def four_task_average(result: BenchmarkResult) -> float:
+    """Mean of the per-task accuracies in percent (the paper's "average" column)."""
+    counts = result.counts()
+    return sum(100.0 * ok / n for ok, n in counts.values()) / len(counts) if counts else 0.0
+
+
 class Stage1Result(BenchmarkResult):
     """Stage-1 (layout-only) benchmark result."""
 
@@ -347,6 +353,7 @@ def evaluate_stage1(
 
 
 __all__ = [
+    "four_task_average",
     "PREFIX", "CLASSES", "COLOURS", "TASKS", "PromptSpec", "benchmark_specs", "benchmark_prompts",
     "parse_benchmark_prompt", "drop_unscorable_boxes", "negation_ok", "numeracy_ok", "attribution_ok",
     "first_box", "spatial_ok", "layout_verdict", "PromptOutcome", "BenchmarkResult", "Stage1Result", "run_benchmark",

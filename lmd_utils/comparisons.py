@@ -79,9 +79,9 @@ def compare_methods(pipe, methods: Sequence[str], config, first_seed: int = 0, t
     from .pipeline import check_layout
     from .stage2 import make_image
 
-    indexed = []  # the first prompt of each task (of numeracy: the first asking for two or more)
-    for task in TASKS:
-        indexed.append(next((i, s) for i, s in enumerate(benchmark_specs())
+    indexed, every = [], benchmark_specs()  # the first prompt of each task (of numeracy: the first asking for two
+    for task in TASKS:                      # or more)
+        indexed.append(next((i, s) for i, s in enumerate(every)
                             if s.task == task and (task != "numeracy" or (s.count or 0) >= 2)))
     indexed = [indexed[i] for i in keep]
     source = resolve_source(None)[0]
@@ -150,11 +150,11 @@ def measured_table(path: str | Path = TOY_COMPARISON) -> str:
     meta, runs = data["meta"], data["runs"]
     command = (f"python -m lmd_utils benchmark stage2 --model toyworld --method {','.join(runs)} "
                f"--n-per-task {meta['n_per_task']} --first-seed {meta['first_seed']}")
-    lines = [command, f"{'method':<18}" + "".join(f"{t:>12}" for t in TASKS) + f"{'average':>9}{'s/image':>9}"]
-    for name, run in runs.items():
-        cells = "".join(f"{100.0 * run['counts'][t][0] / run['counts'][t][1]:>11.0f}%" for t in TASKS)
-        lines.append(f"{name:<18}{cells}{run['average']:>8.1f}%{run['cpu_seconds_per_image']:>9.2f}")
-    return "\n".join(lines)
+    from .toyworld.benchmark import method_table
+
+    table = method_table((name, run["counts"], run["average"], run["cpu_seconds_per_image"])
+                         for name, run in runs.items())
+    return command + "\n" + table
 
 
 __all__ = ["Comparison", "compare_methods", "CountingAttention", "counting_attention", "TOY_COMPARISON",

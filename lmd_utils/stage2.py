@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .benchmark import TASKS, BenchmarkResult, PromptOutcome, PromptSpec, benchmark_specs
+from .benchmark import TASKS, BenchmarkResult, PromptOutcome, PromptSpec, benchmark_specs, four_task_average
 from .evaluation import Detector, detect_record, score_record
 from .grammar import join_phrases
 from .layout import Layout, LayoutError
@@ -162,28 +162,22 @@ def run_one(run: Stage2Run, pipe, detector: Detector, method: str, index: int, s
     return record
 
 
-def collect(run: Stage2Run, items: Sequence[tuple[int, PromptSpec]], methods: Sequence[str],
+def load_records(run: Stage2Run, items: Sequence[tuple[int, PromptSpec]], methods: Sequence[str]
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """Every method's records of ``items``, in order (a missing record is a ``FileNotFoundError``: the run is not
+    finished)."""
+    return {m: [json.loads(run.record_path(m, i).read_text(encoding="utf-8")) for i, _ in items] for m in methods}
+
+
+def collect(run: Stage2Run, items: Sequence[tuple[int, PromptSpec]], records: dict[str, list[dict[str, Any]]],
             detector_name: str = "detector") -> dict[str, BenchmarkResult]:
-    """Every method's :class:`~lmd_utils.benchmark.BenchmarkResult` from the records on disk (missing records
-    are a ``FileNotFoundError``: the run is not finished)."""
-    results = {}
-    for method in methods:
-        outcomes = []
-        for index, spec in items:
-            record = json.loads(run.record_path(method, index).read_text(encoding="utf-8"))
-            outcomes.append(PromptOutcome(spec, 0, bool(record["success"]),
-                                          [(n, list(b)) for n, b in record["objects"]], record.get("error")))
-        results[method] = BenchmarkResult(f"stage 2 ({detector_name}) — method {method}", str(run.out), outcomes)
-    return results
+    """Every method's :class:`~lmd_utils.benchmark.BenchmarkResult` from its records (:func:`load_records`)."""
+    return {method: BenchmarkResult(f"stage 2 ({detector_name}) — method {method}", str(run.out), [
+        PromptOutcome(spec, 0, bool(r["success"]), [(n, list(b)) for n, b in r["objects"]], r.get("error"))
+        for (_, spec), r in zip(items, rows)]) for method, rows in records.items()}
 
 
-def four_task_average(result: BenchmarkResult) -> float:
-    """Mean of the per-task accuracies (the paper's 'average'), in percent."""
-    counts = result.counts()
-    return sum(100.0 * ok / n for ok, n in counts.values()) / len(counts) if counts else 0.0
-
-
-def write_summary(run: Stage2Run, items: Sequence[tuple[int, PromptSpec]], results: dict[str, BenchmarkResult],
+def write_summary(run: Stage2Run, records: dict[str, list[dict[str, Any]]], results: dict[str, BenchmarkResult],
                   meta: dict[str, Any]) -> str:
     """``summary.json``, ``summary.png`` and each method's ``detections.json`` (for ``benchmark
     score-detections``); returns the table text, whose last line is ``overall: sd X% lmd Y%``."""
@@ -191,9 +185,9 @@ def write_summary(run: Stage2Run, items: Sequence[tuple[int, PromptSpec]], resul
 
     lines, methods = [], {}
     for method, result in results.items():
-        records = [json.loads(run.record_path(method, i).read_text(encoding="utf-8")) for i, _ in items]
-        seconds = sum(r["seconds"] for r in records) / len(records)
-        detections = [r["detections"] for r in records if r["detections"] is not None]
+        rows = records[method]
+        seconds = sum(r["seconds"] for r in rows) / len(rows)
+        detections = [r["detections"] for r in rows if r["detections"] is not None]
         _write_json(run.out / method / "detections.json", {"method": method, "records": detections})
         methods[method] = {**result.to_dict(), "average": four_task_average(result), "seconds_per_image": seconds}
         lines.append(f"[{method}] " + result.format_table())
@@ -236,10 +230,12 @@ def run_stage2(pipe, detector: Detector, source, items: Sequence[tuple[int, Prom
         state.wait_for_everyone()
         if not state.is_main_process:
             return None
-    results = collect(run, items, methods, (meta or {}).get("detector", "detector"))
-    return write_summary(run, items, results, {**(meta or {}), "first_seed": first_seed,
+    records = load_records(run, items, methods)
+    results = collect(run, items, records, (meta or {}).get("detector", "detector"))
+    return write_summary(run, records, results, {**(meta or {}), "first_seed": first_seed,
                                                "prompts": len(items), "methods_order": list(methods)})
 
 
-__all__ = ["METHODS", "parse_stage2_methods", "select_specs", "Stage2Run", "make_image", "run_one", "collect",
+__all__ = ["METHODS", "parse_stage2_methods", "select_specs", "Stage2Run", "make_image", "run_one", "load_records",
+           "collect",
            "four_task_average", "write_summary", "run_stage2"]

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from ..attention import ALL_LAYERS, AttentionStore, mass_inside_box, word_token_indices
-from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, run_benchmark
+from ..benchmark import SPATIAL_PAIRS, TASKS, BenchmarkResult, PromptSpec, four_task_average, run_benchmark
 from ..layout import CANVAS_SIZE, Box, Layout
 from ..masks import extract_object_masks, mask_iou, resize_masks
 from ..models import decode_latents, default_resolution, encode_prompts, initial_noise
@@ -189,12 +189,6 @@ def score_images(prompts: Sequence[ToyPrompt], images: torch.Tensor | Sequence[t
 
     return run_benchmark([p.spec for p in prompts], objects_for, "stage 2 (toy world)",
                          METHOD_NAMES.get(method, method), progress=False)
-
-
-def four_task_average(result: BenchmarkResult) -> float:
-    """Mean of the per-task accuracies in percent (the paper's "average" column)."""
-    counts = result.counts()
-    return float(np.mean([100.0 * ok / n for ok, n in counts.values()])) if counts else 0.0
 
 
 # =============================================================================================================
@@ -539,17 +533,11 @@ class ToyBenchmarkReport:
         return "\n".join(lines)
 
     def table(self) -> str:
-        """One row per method: its four task scores, the four-task average and the seconds per image (CPU time
-        of this process, all threads: what one idle core would take; measured in this run)."""
-        tasks = list(TASKS)
-        head = f"{'method':<18}" + "".join(f"{t:>12}" for t in tasks) + f"{'average':>9}{'s/image':>9}"
-        rows = [head]
-        for name, run in self.runs.items():
-            counts = run.result.counts()
-            cells = "".join(f"{100.0 * counts[t][0] / counts[t][1]:>11.0f}%" if t in counts else f"{'-':>12}"
-                            for t in tasks)
-            rows.append(f"{name:<18}{cells}{run.average:>8.1f}%{run.cpu_seconds_per_image:>9.2f}")
-        return "\n".join(rows)
+        """One row per method (:func:`method_table`); seconds per image are CPU time of this process, all threads:
+        what one idle core would take, measured in this run."""
+        return method_table((name, run.result.counts(), run.average, run.cpu_seconds_per_image)
+                            for name, run in self.runs.items())
+
 
     def to_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "prompts": [{"task": p.task, "prompt": p.prompt, "seed": p.seed} for p in self.prompts],
@@ -557,6 +545,17 @@ class ToyBenchmarkReport:
                                 "seconds_per_image": run.seconds_per_image, "cpu_seconds": run.cpu_seconds,
                                 "cpu_seconds_per_image": run.cpu_seconds_per_image}
                          for name, run in self.runs.items()}}
+
+
+def method_table(rows: Iterable[tuple[str, dict[str, Sequence[int]], float, float]]) -> str:
+    """A header, then one row per ``(method, {task: (correct, total)}, average %, seconds per image)``: its four
+    task scores, the four-task average and the seconds per image."""
+    lines = [f"{'method':<18}" + "".join(f"{t:>12}" for t in TASKS) + f"{'average':>9}{'s/image':>9}"]
+    for name, counts, average, seconds in rows:
+        cells = "".join(f"{100.0 * counts[t][0] / counts[t][1]:>11.0f}%" if t in counts else f"{'-':>12}"
+                        for t in TASKS)
+        lines.append(f"{name:<18}{cells}{average:>8.1f}%{seconds:>9.2f}")
+    return "\n".join(lines)
 
 
 def parse_methods(methods: str | Iterable[str]) -> list[str]:
@@ -776,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["ToyPrompt", "toy_prompt", "toy_benchmark_prompts", "detected_objects", "score_images",
-           "four_task_average", "SingleObjectReport", "single_object_prompts", "single_object_check",
+           "four_task_average", "method_table", "SingleObjectReport", "single_object_prompts", "single_object_check",
            "toy_lmd_config", "merged_settings", "plain_images",
            "lmd_images", "layout_images", "DEFAULT_METHODS", "LAYOUT_PLANNERS", "benchmark_layout", "MASK_SOURCES", "mask_backend", "box_iou", "per_box_object", "mask_check_prompts",
            "MaskCheckReport", "check_masks", "MethodRun", "ToyBenchmarkReport", "run_toy_benchmark", "parse_methods",
