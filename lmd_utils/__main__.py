@@ -9,7 +9,7 @@ Commands::
     benchmark stage2 [--model toyworld|tiny|ID|PATH] [--method sd,lmd] [--out DIR]  stage 2: toy world (toy detector)
                                                      or the 400 prompts on a real model (OWL-ViT), resumable
     benchmark score-detections FILE.json          raw detector output → the paper's verdicts, last "overall: N/M"
-    generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both|backward-guidance|...]
+    generate "PROMPT" --model toyworld|tiny|ID|PATH --out image.png [--method lmd|sd|both|boxdiff|...]
     demo --out demo.png                                          offline: layout, plain and LMD images in one PNG
 
 Adding a command: write ``add_<name>_command(subparsers)`` that adds a parser and sets
@@ -40,6 +40,7 @@ from .cli import (FIGURE_SUFFIXES, IMAGE_SUFFIXES, MAX_ERROR_CHARS, MAX_STEPS, U
                   seconds_arg, seed_arg, source_from_args, steps_arg, viewing_scale)
 from .downloads import local_model_folder
 from .layout import Layout
+from .stage2 import METHODS
 
 #: The prompt ``demo`` draws when none is given.
 DEMO_PROMPT = "A realistic photo of a scene with a gray cat on the left and two brown dogs on the right"
@@ -137,7 +138,8 @@ def add_generate_command(subparsers) -> None:
                    help="'toyworld' (shipped, CPU), 'tiny' (random weights, wiring only), a hub id such as "
                         "stable-diffusion-v1-5/stable-diffusion-v1-5, or a local diffusers folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("image.png"), help="output PNG (default: %(default)s)")
-    p.add_argument("--method", choices=("lmd", "sd", "both", "backward-guidance", "multidiffusion"), default="lmd",
+    p.add_argument("--method", choices=("lmd", "sd", "both", *[m for m in METHODS if m not in ("sd", "lmd")]),
+                   default="lmd",
                    help="LMD, plain sampling from the same seed, both side by side with the layout, or a baseline "
                         "on the same layout (lmd_utils.baselines)")
     p.add_argument("--seed", type=seed_arg, default=0, help="0 .. 2**64-1 (default: 0)")
@@ -178,6 +180,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     if args.diffusion_model not in ("tiny", "toyworld"):
         local_model_folder(args.diffusion_model)  # a folder that holds no pipeline fails here, in a second
 
+    from .baselines import check_methods
     from .config import LMDConfig
     from .models import load_pipeline, to_pil
     from .pipeline import check_layout, generate, generate_sd
@@ -188,6 +191,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     # 1. the layout source, the model, then the layout (checked against the model before an LLM reply is cached)
     source = source_from_args(args)
     pipe = load_pipeline(args.diffusion_model, device=args.device)
+    check_methods(pipe, [args.method])  # GLIGEN and LMD+ need a GLIGEN model
     config = LMDConfig.for_pipe(pipe)
     if args.steps is not None:
         config = config.with_steps(args.steps)
@@ -205,10 +209,10 @@ def run_generate_command(args: argparse.Namespace) -> int:
     if args.method in ("sd", "both"):
         images["plain sampling"] = generate_sd(pipe, args.prompt, seed=args.seed, config=config,
                                                negative_prompt=layout.negative)
-    if args.method in ("backward-guidance", "multidiffusion"):
-        from .baselines import BASELINES
+    if args.method not in ("lmd", "sd", "both"):
+        from .baselines import layout_image
 
-        images[args.method] = BASELINES[args.method](pipe, layout, args.seed, config).image
+        images[args.method] = layout_image(pipe, args.method, layout, args.seed, config, sam=sam)
     if args.method in ("lmd", "both"):
         result = generate(pipe, layout, seed=args.seed, config=config, sam=sam)
         images["LMD"] = result.image
@@ -309,8 +313,8 @@ def add_benchmark_stage2_command(subparsers) -> None:
                    help="'toyworld' (shipped), a toy-world folder, 'tiny', or a Stable Diffusion hub id or folder "
                         "(default: %(default)s)")
     p.add_argument("--method", default="sd,lmd",
-                   help="comma-separated methods, run on the same layouts and seeds: sd, backward-guidance, "
-                        "multidiffusion, lmd (default: %(default)s)")
+                   help="comma-separated methods, run on the same layouts and seeds: " + ", ".join(METHODS)
+                        + " (default: %(default)s)")
     p.add_argument("--first-seed", type=seed_arg, default=0,
                    help="toy world: seed of each task's first prompt; real models: prompt i uses seed FIRST+i "
                         "(default: 0)")
@@ -342,6 +346,7 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
         return run_real_stage2(args)
     import json
 
+    from .baselines import check_methods
     from .models import load_pipeline
     from .toyworld.benchmark import parse_methods, run_toy_benchmark, toy_lmd_config
 
@@ -354,6 +359,7 @@ def run_benchmark_stage2_command(args: argparse.Namespace) -> int:
     check_output_path(args.json, "--json", (".json",))
     check_device_arg(args.device or "cpu")
     pipe = load_pipeline(args.diffusion_model, device=args.device or "cpu")
+    check_methods(pipe, methods)  # the toy model has no GLIGEN layers
     config = toy_lmd_config(pipe, steps=args.steps)
     report = run_toy_benchmark(pipe, methods, args.first_seed, args.n_per_task, config, args.batch_size,
                                progress=not args.no_progress)
@@ -386,6 +392,7 @@ def run_real_stage2(args: argparse.Namespace) -> int:
         local_model_folder(args.diffusion_model)
     from accelerate import PartialState
 
+    from .baselines import check_methods
     from .config import LMDConfig
     from .evaluation import load_detector
     from .models import load_pipeline
@@ -397,8 +404,9 @@ def run_real_stage2(args: argparse.Namespace) -> int:
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     device = state.device if state.num_processes > 1 or args.device is None else args.device
     source = source_from_args(args)
-    detector = load_detector(args.detector or "owlvit", args.detector_model, device=device)
     pipe = load_pipeline(args.diffusion_model, device=device)
+    check_methods(pipe, methods)  # GLIGEN and LMD+ need a GLIGEN model: before the detector loads
+    detector = load_detector(args.detector or "owlvit", args.detector_model, device=device)
     config = LMDConfig.for_pipe(pipe)
     if args.steps is not None:
         config = config.with_steps(args.steps)

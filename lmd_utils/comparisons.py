@@ -2,7 +2,7 @@
 baselines of :mod:`lmd_utils.baselines` and LMD; scored by the toy detector on the toy world; and the attention
 that shows why per-box generation counts better than one guided pass (:func:`counting_attention`).
 
-The measured comparison is ``python -m lmd_utils benchmark stage2 --method sd,backward-guidance,multidiffusion,lmd``
+The measured comparison is ``python -m lmd_utils benchmark stage2 --method sd,multidiffusion,backward-guidance,boxdiff,lmd``
 (:mod:`lmd_utils.toyworld.benchmark` on the toy world, :mod:`lmd_utils.stage2` on Stable Diffusion).
 """
 
@@ -96,12 +96,13 @@ def compare_methods(pipe, methods: Sequence[str], config, first_seed: int = 0, t
 
 @dataclass
 class CountingAttention:
-    """The attention of a counting prompt's object word: backward guidance's one map (``single_pass``,
-    ``(h, w)``, mean over steps and guidance layers) and LMD's per-box maps (``per_box``, ``(n, h, w)``, one per
+    """The attention of a counting prompt's object word: a single-pass method's one map (``single_pass``,
+    ``(h, w)``, mean over steps and guidance layers; ``method`` names it) and LMD's per-box maps (``per_box``, ``(n, h, w)``, one per
     generation, on the generation boxes), with the share of each map inside one box."""
 
     layout: Layout
     word: str
+    method: str
     single_pass: torch.Tensor
     per_box: torch.Tensor
     generation_boxes: list[Box]
@@ -114,10 +115,16 @@ class CountingAttention:
         return max(self.single_pass_inside)
 
 
-def counting_attention(pipe, comparison: Comparison, config, index: int | None = None) -> CountingAttention:
-    """:class:`CountingAttention` for prompt ``index`` of ``comparison`` (default: the numeracy prompt)."""
+#: The single-pass methods :func:`counting_attention` can look into (both record their pass's attention).
+SINGLE_PASS_METHODS = ("boxdiff", "backward-guidance")
+
+
+def counting_attention(pipe, comparison: Comparison, config, index: int | None = None,
+                       method: str = "boxdiff") -> CountingAttention:
+    """:class:`CountingAttention` for prompt ``index`` of ``comparison`` (default: the numeracy prompt), the single
+    pass being ``method`` (:data:`SINGLE_PASS_METHODS`)."""
     from .attention import AttentionStore, default_layers, mass_inside_box
-    from .baselines import backward_guidance
+    from .baselines import BASELINES
     from .composition import overall_prompt_for, overall_token_targets
     from .pipeline import configured_layout, generate
 
@@ -126,12 +133,14 @@ def counting_attention(pipe, comparison: Comparison, config, index: int | None =
     layout, seed = configured_layout(comparison.layouts[index], config), comparison.seeds[index]
     if len(layout.boxes) < 1:
         raise ValueError(f"prompt {index} has a layout without boxes")
+    if method not in SINGLE_PASS_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SINGLE_PASS_METHODS)}, not {method!r}")
     prompt, background_end = overall_prompt_for(layout, config.overall_prompt, pipe.tokenizer)
     word_index = overall_token_targets(pipe.tokenizer, layout, prompt, background_end)[0][2]
     word = pipe.tokenizer.decode([pipe.tokenizer(prompt).input_ids[word_index]]).strip()
     layers = config.overall_guidance.layers or default_layers(pipe.unet)[0]
     store = AttentionStore(layers, keep="cond", token_indices=[word_index])
-    backward_guidance(pipe, layout, seed, config, progress=False, attention_store=store)
+    BASELINES[method](pipe, layout, seed, config, progress=False, attention_store=store)
     lmd = generate(pipe, layout, seed, config, progress=False)
     per_box = lmd.per_box.mask_maps.float().cpu()
     h, w = per_box.shape[-2:]
@@ -139,7 +148,7 @@ def counting_attention(pipe, comparison: Comparison, config, index: int | None =
     boxes = list(lmd.per_box.plan.generation_boxes)
     inside_one = [float(mass_inside_box(single, box.mask(h, w))) for box in layout.boxes]
     per_box_inside = [float(mass_inside_box(m, box.mask(h, w))) for m, box in zip(per_box, boxes)]
-    return CountingAttention(layout, word, single, per_box, boxes, inside_one, per_box_inside)
+    return CountingAttention(layout, word, method, single, per_box, boxes, inside_one, per_box_inside)
 
 
 def measured_table(path: str | Path = TOY_COMPARISON) -> str:
@@ -157,5 +166,5 @@ def measured_table(path: str | Path = TOY_COMPARISON) -> str:
     return command + "\n" + table
 
 
-__all__ = ["Comparison", "compare_methods", "CountingAttention", "counting_attention", "TOY_COMPARISON",
+__all__ = ["Comparison", "compare_methods", "CountingAttention", "SINGLE_PASS_METHODS", "counting_attention", "TOY_COMPARISON",
            "measured_table"]

@@ -86,19 +86,19 @@ def alignment_shift(
     within half a cell of the box centre.  The authors round to 1/8 of the frame (``quantum = w // 8``, 8
     latent cells at 64×64) so the shift is also whole on the 8×8 attention maps of the mid block; with
     ``quantum=1`` the attention shift is rounded separately on each attention grid (:meth:`Shift.on_grid`).
-    ``horizontal_only`` keeps ``dy = 0`` (the authors' option for LMD+).
-
+    ``horizontal_only`` keeps ``dy = 0`` (the authors' option for LMD+).  ``rule="none"``: no shift (LMD+ draws
+    each object in its own box and keeps it there, ``align_with_overall_bboxes=False``).
     ``rule="authors"`` (``LMDConfig.alignment``; ``quantum`` is then ignored): the authors' rule, centre of mass in
     cell INDICES (no ``+0.5``, ``utils/utils.py:102-120`` ``binary_mask_to_center``) as a fraction of the frame,
     offset to the box centre rounded to 1/8 of the frame (``utils/utils.py:145-154`` ``shift_tensor``).
     """
-    if rule == "authors":
-        return _authors_shift(mask, box, horizontal_only)
+    h, w = mask.shape[-2:]
+    if rule in ("authors", "none"):
+        return _authors_shift(mask, box, horizontal_only) if rule == "authors" else Shift(0, 0, (h, w))
     if rule != "centre":
-        raise ValueError(f"alignment rule must be 'centre' or 'authors', not {rule!r}")
+        raise ValueError(f"alignment rule must be 'centre', 'authors' or 'none', not {rule!r}")
     if quantum < 1:
         raise ValueError(f"quantum must be a positive number of cells, got {quantum}")
-    h, w = mask.shape[-2:]
     cx, cy = center_of_mass(mask)
     tx, ty = box.center[0] * w, box.center[1] * h
     dx = round((tx - cx) / quantum) * quantum
@@ -313,7 +313,7 @@ def align_objects(latents: torch.Tensor, masks: Sequence[torch.Tensor], boxes: S
                   box_rounding: str = "edges") -> list[AlignedObject]:
     """:func:`align_to_box` for every box: ``latents`` ``(T+1, n, C, h, w)`` (the per-box trajectories), one
     latent-grid mask and one target box per object, optionally each object's attention to move along.
-    ``alignment`` (``LMDConfig.alignment``): ``"centre"`` (ours) or ``"authors"`` (see :func:`alignment_shift`);
+    ``alignment`` (``LMDConfig.alignment``): ``"centre"`` (ours), ``"authors"`` or ``"none"`` (:func:`alignment_shift`);
     ``box_rounding`` rasterises the box of an empty mask (``LMDConfig.box_rounding``)."""
     if not len(masks) == len(boxes) == latents.shape[1]:
         raise ValueError(f"{latents.shape[1]} trajectories, {len(masks)} masks, {len(boxes)} boxes")

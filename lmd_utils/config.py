@@ -25,6 +25,9 @@ PER_BOX_NEGATIVE_PROMPT = (
 )
 #: Fraction of the denoising steps during which the foreground is copied from the composed latents (authors).
 FROZEN_RATIO = 0.5
+#: GLIGEN's scheduled sampling: grounding on the first 40 % of the steps (the authors' ``generation/gligen.py``
+#: ``gligen_scheduled_sampling_beta`` and both ``*_gligen_scheduled_sampling_beta`` of ``generation/lmd_plus.py``).
+GLIGEN_BETA = 0.4
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,12 @@ class LMDConfig:
         to the authors' form.
     max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
         as the authors' code).
+    gligen_beta: ``None`` (LMD) or GLIGEN grounding in both passes, on their first ``int(β·T)`` steps (LMD+, the
+        authors' ``generation/lmd_plus.py``: β 0.4 for both; :mod:`~lmd_utils.gligen`): each per-box element on its
+        generation box and caption, the overall pass on every box with its caption.  Needs a GLIGEN model.
+    gligen_guidance: what the guidance forwards of a grounded pass get: ``"null"`` (the authors': the null grounding
+        of the unconditional half, ``masks[:condition_len // 2]``) or ``"boxes"`` (the boxes, as the denoising
+        forward's conditional half).
 
     Differences from the authors' code, each a switch (default: ours; :meth:`authors` sets them all to theirs):
 
@@ -169,7 +178,8 @@ class LMDConfig:
     alignment: how an object's mask is moved onto its box (:func:`~lmd_utils.composition.alignment_shift`):
         ``"centre"`` (ours: centre of mass with cell centres at ``+0.5``, shift to the nearest cell) or
         ``"authors"`` (cell indices without ``+0.5``, ``utils/utils.py:102-120``, shift rounded to 1/8 of the
-        frame, ``:145-154``).
+        frame, ``:145-154``); ``"none"`` leaves every object where its per-box pass drew it, which is its box only
+        with ``placement="box"`` (LMD+'s ``align_with_overall_bboxes=False``).
     compose_initial: the composed pass's first latents (:func:`~lmd_utils.composition.compose_trajectory`):
         ``"masks"`` (ours: z_T with each aligned object's masked z_T pasted in) or ``"authors"``
         (``utils/latents.py:60-69`` + ``utils/utils.py:72-99``: also each aligned mask's bounding box grown by one
@@ -204,20 +214,27 @@ class LMDConfig:
     background: str | None = None
     overall_prompt: Literal["authors", "source"] = "authors"
     max_batch: int | None = None
+    gligen_beta: float | None = None
+    gligen_guidance: Literal["null", "boxes"] = "null"
     box_seed_start: int | None = None
     box_rounding: Literal["edges", "authors"] = "edges"
-    alignment: Literal["centre", "authors"] = "centre"
+    alignment: Literal["centre", "authors", "none"] = "centre"
     compose_initial: Literal["masks", "authors"] = "masks"
     sam_rules: Literal["ours", "authors"] = "ours"
     box_order: Literal["layout", "by_phrase"] = "layout"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("box_rounding", ("edges", "authors")), ("alignment", ("centre", "authors")),
+        for name, allowed in (("box_rounding", ("edges", "authors")), ("alignment", ("centre", "authors", "none")),
                               ("compose_initial", ("masks", "authors")), ("sam_rules", ("ours", "authors")),
-                              ("box_order", ("layout", "by_phrase")),
+                              ("box_order", ("layout", "by_phrase")), ("gligen_guidance", ("null", "boxes")),
                               ("mask_method", ("normalized", "object", "quantile"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.gligen_beta is not None and not 0.0 <= self.gligen_beta <= 1.0:
+            raise ValueError(f"gligen_beta must be None or in [0, 1], got {self.gligen_beta}")
+        if self.alignment == "none" and self.placement != "box":
+            raise ValueError("alignment='none' leaves each object where its per-box pass drew it: that is its box "
+                             "only with placement='box'")
 
     @classmethod
     def authors(cls, **overrides) -> "LMDConfig":
@@ -228,6 +245,30 @@ class LMDConfig:
             mask_method="normalized", placement="authors", attention_transfer=True, overall_prompt="authors",
             max_batch=1, box_seed_start=20, box_rounding="authors", alignment="authors", compose_initial="authors",
             sam_rules="authors", box_order="by_phrase"), **overrides)
+
+    @classmethod
+    def lmd_plus(cls, **overrides) -> "LMDConfig":
+        """LMD+ (the authors' ``generation/lmd_plus.py`` ``run`` defaults), then ``overrides``: GLIGEN grounding in
+        both passes with β = 0.4 (``so_/overall_gligen_scheduled_sampling_beta``); each object generated in its own
+        box (``so_center_box=False``: ``placement="box"``) and left there (``align_with_overall_bboxes=False``:
+        ``alignment="none"``); box noise ratio 0.1 (``fg_blending_ratio``); no per-box guidance (``max_index_step=0``);
+        the overall pass as LMD's (guidance on the first 30 of 50 steps, attention transfer λ 2, half the steps
+        frozen).  Needs a GLIGEN model (:data:`~lmd_utils.gligen.GLIGEN_MODEL`).
+
+        What differs from their run: their masks come from SAM prompted with the box (``sam.sam_refine_box``); ours
+        are the object word's attention (``mask_method``), refined by SAM only when a SAM backend is passed to
+        :func:`~lmd_utils.pipeline.generate`, and then prompted from the attention
+        (:func:`~lmd_utils.masks.sam_refine_mask`).
+        Every other switch of this class keeps OUR default (e.g. ``box_seed_start``: their ``fg_seed_start=20``;
+        ``box_order``: they sort boxes by caption; the head-averaged guidance energy); combine with :meth:`authors`'
+        values through ``overrides``.  Their LMD+ runs with autocast in fp16; we run in the model's dtype."""
+        return replace(cls().plus(), **overrides)
+
+    def plus(self) -> "LMDConfig":
+        """This configuration turned into LMD+ (what :meth:`lmd_plus` changes, on top of ``self``: e.g. a model's
+        own steps and guidance schedule); the ``lmd+`` method of ``generate`` and the benchmarks."""
+        return replace(self, placement="box", alignment="none", noise_blend_ratio=0.1, gligen_beta=GLIGEN_BETA,
+                       per_box_guidance=replace(self.per_box_guidance, guidance_steps=0))
 
     def resolution(self, pipe) -> tuple[int, int]:
         """``(height, width)`` of the image: the configured size, else the model's native one."""

@@ -90,6 +90,65 @@ def energy_terms(maps: torch.Tensor, masks: torch.Tensor, **box_energy_kwargs) -
     return {"inside": topk_mean(maps, masks, k), "outside": topk_mean(maps, 1 - masks.to(maps.dtype), k)}
 
 
+# -- BoxDiff's own constraints (Xie et al. 2023; the paper's baseline) ----------------------------------------
+#: BoxDiff's settings as in its code and the authors' re-implementation (``utils/boxdiff.py``): top-k fraction
+#: ``P``, corner band half-width ``L`` (cells), Gaussian smoothing of each token map, and the ×100 token softmax.
+BOXDIFF_TOP_FRACTION = 0.2
+BOXDIFF_CORNER_WIDTH = 1
+BOXDIFF_SMOOTHING = (3, 0.5)  # kernel size, sigma
+BOXDIFF_TEMPERATURE = 100.0
+
+
+def boxdiff_token_maps(probs: torch.Tensor, temperature: float = BOXDIFF_TEMPERATURE) -> torch.Tensor:
+    """BoxDiff's token maps from cross-attention probabilities ``(..., H, W, T)``: drop ⟨sot⟩ and the last token,
+    multiply by ``temperature`` and softmax over the remaining tokens (Attend-and-Excite's renormalisation), so that
+    each cell's values say which WORD it belongs to.  Returns ``(..., H, W, T − 2)``: token ``k`` is at ``k − 1``."""
+    return torch.softmax(probs[..., 1:-1] * temperature, dim=-1)
+
+
+def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
+    """Each map ``(..., H, W)`` smoothed by BoxDiff's Gaussian kernel with reflected borders.  The kernel is theirs
+    literally, ``exp(−((x − μ) / (2σ))²)`` per axis (not the textbook ``2σ²``), normalised to sum 1."""
+    x = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
+    g = torch.exp(-(x / (2 * sigma)) ** 2)
+    kernel = (g[:, None] * g[None, :])
+    kernel = (kernel / kernel.sum()).to(maps.device, maps.dtype)[None, None]
+    pad = kernel_size // 2
+    flat = maps.reshape(-1, 1, *maps.shape[-2:])
+    out = torch.nn.functional.conv2d(torch.nn.functional.pad(flat, (pad,) * 4, mode="reflect"), kernel)
+    return out.reshape(maps.shape)
+
+
+def boxdiff_energy(maps: torch.Tensor, mask: torch.Tensor, corner_x: torch.Tensor, corner_y: torch.Tensor,
+                   top_fraction: float = BOXDIFF_TOP_FRACTION) -> torch.Tensor:
+    """BoxDiff's three constraints on token maps ``(..., H, W)`` (from :func:`boxdiff_token_maps`, smoothed):
+
+    * inner box: ``max(0, 1 − TopK(A·b))``; outer box: ``TopK(A·(1−b))`` (both with ``k = P·|region|``);
+    * corners: the L1 distance between the map's column maxima (row maxima) and the box's projection on the x (y)
+      axis, averaged over the axis but counted only in a band of ``±L`` cells around the box's edges
+      (``corner_x (W,)``, ``corner_y (H,)``: 1 in the bands).
+
+    Returns the sum of the four terms per map, ``(...)``.  Unlike LMD's energy (:func:`box_energy`) there is no
+    weight on the outside term and the terms are summed (not averaged) over tokens by the caller, as BoxDiff does.
+    """
+    mask = mask.to(maps.dtype)
+    inner = torch.relu(1 - topk_mean(maps, mask, top_fraction))
+    outer = topk_mean(maps, 1 - mask, top_fraction)
+    dist_x = ((maps.amax(-2) - mask.amax(-2)).abs() * corner_x.to(maps.dtype)).mean(-1)
+    dist_y = ((maps.amax(-1) - mask.amax(-1)).abs() * corner_y.to(maps.dtype)).mean(-1)
+    return inner + outer + dist_x + dist_y
+
+
+def corner_bands(spans: list[tuple[int, int]], n: int, width: int = BOXDIFF_CORNER_WIDTH) -> torch.Tensor:
+    """``(n,)``: 1 within ``width`` cells of either edge of each ``(start, stop)`` span on an axis of ``n`` cells
+    (BoxDiff's ``corner_mask_x``/``corner_mask_y``)."""
+    band = torch.zeros(n)
+    for lo, hi in spans:
+        for edge in (lo, hi):
+            band[max(edge - width, 0):min(edge + width + 1, n)] = 1
+    return band
+
+
 # -- looking at the energy (notebook 02) ------------------------------------------------------------------
 def gaussian_map(height: int, width: int, center: tuple[float, float], sigma: float = 0.12,
                  peak: float = 0.8) -> torch.Tensor:

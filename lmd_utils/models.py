@@ -8,9 +8,14 @@ Diffusion 1.5 (and 2.1 in the appendix).  :func:`load_pipeline` returns a diffus
   v-prediction is handled by the scheduler, whose ``prediction_type`` comes with the checkpoint);
 * ``"tiny"``: random weights built offline from configs (:func:`build_tiny_pipeline`) with SD 1.5's block layout,
   so the authors' layer names (``mid_block.attentions.0``, ``up_blocks.1.attentions.{0,1,2}``,
-  ``down_blocks.2.attentions.1``) exist; used by the tests;
+  ``down_blocks.2.attentions.1``) exist; used by the tests (``build_tiny_pipeline(gligen=True)``: with GLIGEN's
+  layers);
 * ``"toyworld"``: the pixel-space toy model trained in this repo (``data/toyworld/model``), a
   ``StableDiffusionPipeline`` with ``vae=None`` whose "latents" are images in [-1, 1].
+
+A GLIGEN checkpoint (``gligen/diffusers-generation-text-box``, or a saved ``StableDiffusionGLIGENPipeline`` folder)
+loads as a ``StableDiffusionPipeline`` too: same components, its UNet built with GLIGEN's gated self-attention
+from its config (:mod:`~lmd_utils.gligen` grounds it).
 
 Every other module asks the helpers here (:func:`vae_scale_factor`, :func:`latent_shape`,
 :func:`decode_latents`, :func:`encode_prompts`, :func:`default_resolution`, :func:`initial_noise`) instead of
@@ -200,7 +205,8 @@ def _from_folder(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
 
 
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 32, vocabulary: Sequence[str] = TINY_VOCABULARY,
-                        model_max_length: int = 77, pixel_space: bool = False) -> StableDiffusionPipeline:
+                        model_max_length: int = 77, pixel_space: bool = False,
+                        gligen: bool = False) -> StableDiffusionPipeline:
     """A random-weight SD-1.5-shaped pipeline built offline in about a second (tests and API demos only).
 
     Same block structure as SD 1.5 (4 down / 4 up blocks, ``layers_per_block=2``, cross-attention in the first
@@ -208,7 +214,10 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32, vocabulary: Sequen
     encoder over :data:`TINY_VOCABULARY`; a 4-block VAE (latent scale 8, 4 latent channels); DDIM with SD's
     scheduler values.  ``sample_size`` is the latent size of the default resolution (32 → 256×256 images).
     ``pixel_space=True`` drops the VAE and gives the UNet 3 channels, like the toy-world model.
-    Weights depend only on ``seed``; the global RNG is left untouched.
+    ``gligen=True`` gives the UNet GLIGEN's layers (``attention_type="gated"``: a gated self-attention in every
+    transformer block and the ``position_net``) with their gates open (diffusers starts them at ``tanh(0) = 0``, a
+    layer that adds nothing, as GLIGEN's training does); its extra weights shift the random draws, so its other
+    weights differ from ``gligen=False``'s.  Weights depend only on ``seed``; the global RNG is left untouched.
     """
     channels = 3 if pixel_space else 4
     tokenizer = build_clip_tokenizer(vocabulary, model_max_length=model_max_length)
@@ -219,6 +228,7 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32, vocabulary: Sequen
             block_out_channels=(32, 32, 64, 64),
             down_block_types=SD15_UNET_CONFIG["down_block_types"], up_block_types=SD15_UNET_CONFIG["up_block_types"],
             cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
+            **({"attention_type": "gated"} if gligen else {}),  # GLIGEN's layers
         )
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -231,6 +241,9 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32, vocabulary: Sequen
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=(8, 8, 16, 16), norm_num_groups=4, sample_size=sample_size * 8,
         )
+    for name, gate in unet.named_parameters():
+        if name.endswith((".alpha_attn", ".alpha_dense")):  # GLIGEN's gates (only with gligen=True)
+            gate.data.fill_(1.0)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None, feature_extractor=None,

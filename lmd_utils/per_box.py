@@ -9,7 +9,8 @@ inside the box.  We keep every step's latent and the mask-layer attention of the
 
 Where the object is generated (authors' default): not at its final place but **centred horizontally with its bottom
 edge at 80 % of the height** ("floor padding" 0.2), same width and height as the target box; the composition later
-shifts it to the target box.  ``placement="box"`` generates it in its real box instead.
+shifts it to the target box.  ``placement="box"`` generates it in its real box instead (LMD+, which also grounds it
+there with GLIGEN: ``LMDConfig.gligen_beta``, :mod:`lmd_utils.gligen`).
 
 All boxes of a layout run **batched** (one UNet call for all boxes per step), unlike the authors' code that runs them one
 after another; ``batch_size`` caps the batch when memory is short.
@@ -24,6 +25,7 @@ import torch
 
 from .attention import ALL_LAYERS, GUIDANCE_LAYERS, AttentionStore, default_layers, object_word, word_token_indices
 from .config import PER_BOX_NEGATIVE_PROMPT, LMDConfig
+from .gligen import GligenGrounding
 from .grammar import join_phrases
 from .layout import Box, Layout
 from .models import decode_latents, encode_prompts, initial_noise, latent_shape
@@ -154,6 +156,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
 
     All boxes share one batch (one UNet call per step) unless ``config.max_batch`` splits them; the authors run
     them one after another, which ``max_batch=1`` reproduces (same tensors, batched or not, up to float noise).
+    With ``config.gligen_beta`` set (LMD+) every element is also GLIGEN-grounded on its generation box and caption.
     """
     # 1. what each box's pass needs: prompt, generation box, seed, start noise
     height, width = config.resolution(pipe)
@@ -189,10 +192,12 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         hook = BoxGuidance(targets[sl], guidance_cfg, box_rounding=config.box_rounding)
+        grounding = [] if config.gligen_beta is None else [  # LMD+; first: the guidance runs the UNet too
+            GligenGrounding([[b] for b in plan.generation_boxes[sl]], config.gligen_beta, config.gligen_guidance)]
         store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
                                steps=mask_steps | transfer_steps)
         result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, config.guidance_scale,
-                         hooks=[hook], attention_store=store, keep_latents=True, progress=progress)
+                         hooks=[*grounding, hook], attention_store=store, keep_latents=True, progress=progress)
         hooks.append(hook)
         latents.append(result.latents_history)
         maps.append(store.aggregate(layers=mask_layers, steps=mask_steps)[:, 0])  # (chunk, h', w'), word token

@@ -17,7 +17,9 @@
    (:func:`~lmd_utils.composition.composed_pass_guidance`);
 5. decoding.
 
-:func:`generate_sd` is plain sampling with the same seed, scheduler and loop.  Every intermediate a notebook may
+:func:`generate_sd` is plain sampling with the same seed, scheduler and loop.  With ``LMDConfig.gligen_beta`` set
+(LMD+, :meth:`LMDConfig.lmd_plus <lmd_utils.config.LMDConfig.lmd_plus>`) both passes are also GLIGEN-grounded
+(:class:`~lmd_utils.gligen.GligenGrounding`): steps 1 and 4 on a GLIGEN model.  Every intermediate a notebook may
 show is kept in :class:`LMDResult`.  Settings: :class:`~lmd_utils.config.LMDConfig`.
 """
 
@@ -31,6 +33,7 @@ import torch
 from .composition import (AlignedObject, FrozenForeground, align_objects, compose_trajectory, composed_pass_guidance,
                           frozen_step_count, overall_prompt_for, overall_token_targets)
 from .config import LMDConfig
+from .gligen import GligenGrounding, check_gligen
 from .grammar import join_phrases
 from .layout import Layout, LayoutError, single_line
 from .masks import ObjectMask, extract_object_masks
@@ -50,7 +53,7 @@ class LMDResult:
     config: LMDConfig
     prompt: str  # the prompt of the final pass (the overall prompt)
     negative_prompt: str
-    method: str  # "lmd", or "sd" for a layout without boxes
+    method: str  # "lmd", "lmd+" with GLIGEN grounding, or "sd" for a layout without boxes
     per_box: PerBoxResult | None = None  # step 1 (its plan holds the object words, word_tokens their tokens)
     masks: list[ObjectMask] = field(default_factory=list)  # step 2, on the generation boxes
     aligned: list[AlignedObject] = field(default_factory=list)  # step 3, each object on its target box
@@ -84,6 +87,8 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     (e.g. "a scene without cats") is plain sampling of its background prompt with its negative prompt.
     """
     config = config or LMDConfig.for_pipe(pipe)
+    if config.gligen_beta is not None:
+        check_gligen(pipe, "LMD+ (gligen_beta)")  # a ValueError now, not after minutes of work
     layout = check_layout(pipe, layout, config)  # a LayoutError now, not after minutes of per-box generation
     negative = join_phrases(layout.negative, config.overall_negative_prompt)
     clock = _Clock()
@@ -120,14 +125,17 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
                                       config.attention_transfer, config.box_rounding)
     frozen = FrozenForeground(composed.to(shared.device), union,
                               frozen_step_count(config.num_inference_steps, config.frozen_ratio))
+    grounding = [] if config.gligen_beta is None else [  # LMD+: every box on its caption, before the guidance
+        GligenGrounding([layout.boxes], config.gligen_beta, config.gligen_guidance)]
     overall = denoise(pipe, composed[0:1].to(shared.device, shared.dtype), encode_prompts(pipe, [prompt]),
                       encode_prompts(pipe, [negative]), config.num_inference_steps, config.guidance_scale,
-                      hooks=[guidance, frozen], keep_latents=True, progress=progress)
+                      hooks=[*grounding, guidance, frozen], keep_latents=True, progress=progress)
 
     # 5. decode
     image = decode_latents(pipe, overall.latents)[0]
     clock.lap("overall")
-    return LMDResult(image, layout, seed, config, prompt, negative, "lmd", per_box=per_box, masks=masks,
+    method = "lmd" if config.gligen_beta is None else "lmd+"
+    return LMDResult(image, layout, seed, config, prompt, negative, method, per_box=per_box, masks=masks,
                      aligned=aligned, union_mask=union, composed_latents=composed,
                      overall_latents=overall.latents_history, overall_guidance=guidance, timings=clock.done())
 

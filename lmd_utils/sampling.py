@@ -8,7 +8,10 @@ sampling is a *hook* called around each step:
 * ``after_step(state) -> latents | None``: e.g. the composed pass's frozen foreground (composed per-box latents
   pasted into the masks for the first steps), :class:`~lmd_utils.composition.FrozenForeground`.
 
-Return ``None`` to leave the latents alone.  ``state`` is a :class:`StepState`.  The same loop serves vanilla
+Return ``None`` to leave the latents alone.  ``state`` is a :class:`StepState`.  Hooks run in list order.  A hook
+with an ``attach(pipe)`` context manager acts on the model itself for the whole run (e.g. GLIGEN's grounding,
+:class:`~lmd_utils.gligen.GligenGrounding`): it is entered before the first step and left after the last, also
+after an exception.  The same loop serves vanilla
 SD, the per-box pass (all boxes in one batch: latents ``(n, C, h, w)``, one prompt embedding per box) and the
 composed pass, so their differences are only hooks and inputs.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -92,6 +96,16 @@ def _extra_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
     return kwargs
 
 
+def _call_hooks(hooks: Sequence, name: str, state: StepState) -> torch.Tensor:
+    """Call ``hook.<name>(state)`` in list order; each hook sees the latents the previous one returned."""
+    for hook in hooks:
+        if hasattr(hook, name):
+            new = getattr(hook, name)(state)
+            if new is not None:
+                state.latents = new.detach()
+    return state.latents
+
+
 def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor | None,
             num_inference_steps: int = 50, guidance_scale: float = 7.5, scheduler=None, hooks: Sequence = (),
             attention_store: AttentionStore | None = None, progress: bool = True,
@@ -138,42 +152,36 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
         attention_store.cfg_batch = do_cfg
 
     timesteps = sched.timesteps
-    for i, t in enumerate(progress_bar(timesteps, desc="denoising", disable=not progress, leave=False)):
-        state = StepState(step=i, num_steps=len(timesteps), timestep=t, latents=latents, scheduler=sched, pipe=pipe,
-                          cond_embeds=cond, uncond_embeds=uncond, guidance_scale=guidance_scale,
-                          latents_history=history, extras=extras)
+    with contextlib.ExitStack() as attached:  # hooks acting on the model for the whole run (see the module docstring)
         for hook in hooks:
-            if hasattr(hook, "before_step"):
-                new = hook.before_step(state)
-                if new is not None:
-                    state.latents = new.detach()
-        latents = state.latents
+            if hasattr(hook, "attach"):
+                attached.enter_context(hook.attach(pipe))
+        for i, t in enumerate(progress_bar(timesteps, desc="denoising", disable=not progress, leave=False)):
+            state = StepState(step=i, num_steps=len(timesteps), timestep=t, latents=latents, scheduler=sched,
+                              pipe=pipe, cond_embeds=cond, uncond_embeds=uncond, guidance_scale=guidance_scale,
+                              latents_history=history, extras=extras)
+            latents = _call_hooks(hooks, "before_step", state)
 
-        model_in = torch.cat([latents] * 2) if do_cfg else latents
-        model_in = sched.scale_model_input(model_in, t)
-        capture = (capture_cross_attention(unet, store=attention_store)
-                   if attention_store is not None and attention_store.wants_step(i) else contextlib.nullcontext())
-        with torch.no_grad(), capture:
-            if attention_store is not None:
-                attention_store.set_step(i)
-            noise = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        if do_cfg:
-            noise_uncond, noise_cond = noise.chunk(2)
-            noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-            if guidance_rescale > 0:
-                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-                noise = rescale_noise_cfg(noise, noise_cond, guidance_rescale=guidance_rescale)
-        latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = sched.scale_model_input(model_in, t)
+            capturing = attention_store is not None and attention_store.wants_step(i)
+            capture = capture_cross_attention(unet, store=attention_store) if capturing else contextlib.nullcontext()
+            with torch.no_grad(), capture:
+                if attention_store is not None:
+                    attention_store.set_step(i)
+                noise = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            if do_cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                if guidance_rescale > 0:
+                    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+                    noise = rescale_noise_cfg(noise, noise_cond, guidance_rescale=guidance_rescale)
+            latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
 
-        state.latents, state.noise_pred = latents, noise
-        for hook in hooks:
-            if hasattr(hook, "after_step"):
-                new = hook.after_step(state)
-                if new is not None:
-                    state.latents = new.detach()
-        latents = state.latents
-        if history is not None:
-            history.append(latents.detach().cpu())
+            state.latents, state.noise_pred = latents, noise
+            latents = _call_hooks(hooks, "after_step", state)
+            if history is not None:
+                history.append(latents.detach().cpu())
 
     return DenoiseResult(latents=latents, timesteps=timesteps.detach().cpu(),
                          latents_history=torch.stack(history) if history is not None else None,
@@ -255,6 +263,10 @@ def guidance_step_scale(scheduler, timestep: torch.Tensor, step: int) -> float:
         return math.sqrt(1.0 - float(alphas[t]))
     return 1.0
 
+
+#: The batch elements (indices into the run's batch, in row order) of the guidance forward running now, set by
+#: :meth:`BoxGuidance.compute_energy` for model hooks that give each row its own inputs (GLIGEN's grounding).
+GUIDED_ELEMENTS: ContextVar[tuple[int, ...] | None] = ContextVar("guided_elements", default=None)
 
 #: The authors' initial loss (``loss = torch.tensor(10000.)``), for ``GuidanceConfig.stop_rule="authors"``.
 AUTHORS_INITIAL_LOSS = 10000.0
@@ -355,10 +367,14 @@ class BoxGuidance:
                                stop_after_last_layer=self.config.truncate_forward)
         store.cfg_batch = False
         store.set_step(step)
-        with torch.enable_grad(), capture_cross_attention(pipe.unet, store=store):
-            model_in = scheduler.scale_model_input(latents, timestep)
-            run_unet_until_captured(pipe.unet, model_in, timestep, cond_embeds, store)
-            return self.energy_from_store(store, elements, step)
+        rows = GUIDED_ELEMENTS.set(tuple(elements))
+        try:
+            with torch.enable_grad(), capture_cross_attention(pipe.unet, store=store):
+                model_in = scheduler.scale_model_input(latents, timestep)
+                run_unet_until_captured(pipe.unet, model_in, timestep, cond_embeds, store)
+                return self.energy_from_store(store, elements, step)
+        finally:
+            GUIDED_ELEMENTS.reset(rows)
 
     # -- the hook ------------------------------------------------------------------------------------------
     @torch.enable_grad()  # callers (e.g. pipeline.generate) may run the loop under no_grad

@@ -37,8 +37,11 @@ from .layout import Layout, LayoutError
 from .llm_layouts import LayoutParseError
 from .progress import progress_bar
 
-#: The methods this benchmark can run, in the order of the paper's table.
-METHODS = ("sd", "backward-guidance", "multidiffusion", "lmd")
+#: Every method the benchmarks and ``generate`` can run, in the order of the paper's table: plain sampling (the
+#: prompt alone), the baselines of :data:`~lmd_utils.baselines.BASELINES` on LMD's layout, then LMD and LMD+ (LMD with
+#: GLIGEN; ``gligen`` and ``lmd+`` need a GLIGEN model).  (Named here,
+#: not imported, so that usage errors are answered before torch loads; a test keeps the two lists in step.)
+METHODS = ("sd", "multidiffusion", "backward-guidance", "boxdiff", "gligen", "lmd", "lmd+")
 
 
 def parse_stage2_methods(methods: str | Sequence[str]) -> list[str]:
@@ -122,7 +125,8 @@ class Stage2Run:
 def make_image(pipe, method: str, spec: PromptSpec, layout: Layout | None, seed: int, config):
     """The image ``(3, H, W)`` in [0, 1] of ``method`` for one prompt (``None`` for a layout method without a
     layout)."""
-    from .pipeline import generate, generate_sd
+    from .baselines import layout_image
+    from .pipeline import generate_sd
 
     if method == "sd":
         negative = join_phrases(layout.negative if layout is not None else "", config.overall_negative_prompt)
@@ -131,11 +135,7 @@ def make_image(pipe, method: str, spec: PromptSpec, layout: Layout | None, seed:
         raise ValueError(f"unknown method {method!r}")
     if layout is None:
         return None
-    if method == "lmd":
-        return generate(pipe, layout, seed, config, progress=False).image
-    from .baselines import BASELINES
-
-    return BASELINES[method](pipe, layout, seed, config, progress=False).image
+    return layout_image(pipe, method, layout, seed, config, progress=False)
 
 
 def run_one(run: Stage2Run, pipe, detector: Detector, method: str, index: int, spec: PromptSpec,

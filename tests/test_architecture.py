@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lmd_utils"
 MATH_MODULES = ("attention", "energy", "sampling", "per_box", "masks", "sam", "composition", "pipeline", "models", "config",
-                "grammar")
+                "grammar", "gligen")
 
 
 def _imported_modules(tree: ast.AST) -> list[str]:

@@ -87,7 +87,7 @@ def test_generate_plans_for_the_toy_model_with_its_planner(tmp_path, capsys):
 
 
 def test_generate_runs_each_baseline_on_the_layout(tmp_path):
-    for method in ("backward-guidance", "multidiffusion"):
+    for method in ("backward-guidance", "multidiffusion", "boxdiff"):
         out = tmp_path / f"{method}.png"
         assert main(["generate", "a cat on the left and a dog on the right", "--model", "tiny", "--steps", "2",
                      "--method", method, "--out", str(out), "--source", "planner"]) == 0

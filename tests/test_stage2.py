@@ -153,3 +153,29 @@ def test_a_reply_that_cannot_be_used_fails_its_prompt_only(owl_folder, tmp_path,
         assert json.loads((out / "sd" / f"{bad:03d}.json").read_text())["error"] is None
     assert "77" in json.loads((out / "layouts" / f"{i2:03d}.json").read_text())["error"]
     assert json.loads((out / "lmd" / f"{i0:03d}.json").read_text())["error"] is None
+
+
+@pytest.fixture(scope="module")
+def gligen_folder(tmp_path_factory):
+    """The tiny GLIGEN pipeline saved as a folder (what --model takes for a real GLIGEN checkpoint)."""
+    from lmd_utils.models import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("gligen")
+    build_tiny_pipeline(gligen=True).save_pretrained(folder)
+    return folder
+
+
+def test_gligen_and_lmd_plus_run_on_a_gligen_model_and_fail_in_one_line_elsewhere(owl_folder, gligen_folder,
+                                                                                   tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _args(owl_folder, out, "--method", "gligen,lmd+", "--n-per-task", "1")
+    args[args.index("tiny")] = str(gligen_folder)
+    assert main(args) == 0
+    assert re.fullmatch(r"overall: gligen \d+\.\d% lmd\+ \d+\.\d%", capsys.readouterr().out.strip().splitlines()[-1])
+    for method in ("gligen", "lmd+"):
+        records = [json.loads(p.read_text()) for p in sorted((out / method).glob("[0-9]*.json"))]
+        assert len(records) == 4 and all(r["method"] == method for r in records)
+    # a model without GLIGEN's layers: one error line, before the detector or any image
+    assert main(_args(owl_folder, tmp_path / "plain", "--method", "sd,lmd+")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: lmd+ needs a GLIGEN model") and not (tmp_path / "plain" / "sd").exists()

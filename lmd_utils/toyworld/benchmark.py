@@ -76,7 +76,7 @@ from .model import TOYWORLD_ATTENTION_LAYERS, TOYWORLD_ENCODER_LAYERS, TOYWORLD_
 from .scenes import COLOURS, COUNT_WORDS, PLURAL, SHAPES, parse_phrase
 from .segment import FlatColourSegmenter
 
-METHODS = ("sd", "backward-guidance", "multidiffusion", "lmd")
+from ..stage2 import METHODS  # noqa: E402
 #: What ``benchmark stage2`` runs by default.
 DEFAULT_METHODS = ("sd", "lmd")
 METHOD_NAMES = {"sd": "plain sampling (same seed, steps and CFG)", "lmd": "LMD (offline planner's toy layout)"}
@@ -280,14 +280,10 @@ def layout_images(pipe, prompts: Sequence[ToyPrompt], config: LMDConfig, method:
     """A layout-based method for every prompt: the planner's layout (:func:`benchmark_layout`), then
     :func:`~lmd_utils.pipeline.generate` (``"lmd"``, with the masks of ``masks``: :func:`mask_backend`) or a
     baseline of :data:`~lmd_utils.baselines.BASELINES` on the same layout and seed; ``(N, 3, H, W)`` in [0, 1]."""
-    from ..baselines import BASELINES
+    from ..baselines import layout_image
 
-    if method == "lmd":
-        sam = mask_backend(masks)
-        make = lambda layout, seed: generate(pipe, layout, seed=seed, config=config, sam=sam,  # noqa: E731
-                                             progress=False).image
-    else:
-        make = lambda layout, seed: BASELINES[method](pipe, layout, seed, config, progress=False).image  # noqa: E731
+    sam = mask_backend(masks) if method == "lmd" else None
+    make = lambda layout, seed: layout_image(pipe, method, layout, seed, config, sam=sam, progress=False)  # noqa: E731
     out = []
     bar = progress_bar(prompts, desc=method, unit="img", disable=not progress)
     start = time.perf_counter()
