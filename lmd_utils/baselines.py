@@ -63,9 +63,11 @@ BACKWARD_GUIDANCE = GuidanceConfig.authors(loss_scale=30.0, loss_threshold=0.2, 
 @dataclass(frozen=True)
 class MultiDiffusionConfig:
     """bootstrap_fraction: the steps whose regions are bootstrapped (the authors' ``--multidiffusion_bootstrapping
-    20`` of 50)."""
+    20`` of 50).  background: the prompt of the whole-canvas element (``None``: the layout's background prompt, as
+    the authors'; a model whose empty caption means "random objects", such as the toy world, may need another)."""
 
     bootstrap_fraction: float = 0.4
+    background: str | None = None
 
 
 #: The authors' MultiDiffusion run.
@@ -202,14 +204,15 @@ def multidiffusion(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None
     if not layout.boxes:  # as generate does
         return _plain(pipe, layout.background or layout.prompt, negative, noise, config, "multidiffusion",
                       progress=progress)
-    prompts = [layout.background] + [b.phrase for b in layout.boxes]  # the authors' bg_prompt, then each caption
+    settings = method_settings(pipe, "multidiffusion", MULTIDIFFUSION, settings)
+    background = layout.background if settings.background is None else settings.background
+    prompts = [background] + [b.phrase for b in layout.boxes]  # the authors' bg_prompt, then each caption
     h, w = noise.shape[-2:]
     masks = region_masks(layout, h, w)
     height, width = config.resolution(pipe)
     generator = torch.Generator().manual_seed(seed)
     backgrounds = flat_colour_latents(pipe, len(prompts) - 1, height, width, generator)
-    steps = round(method_settings(pipe, "multidiffusion", MULTIDIFFUSION, settings).bootstrap_fraction
-                  * config.num_inference_steps)
+    steps = round(settings.bootstrap_fraction * config.num_inference_steps)
     batch = noise.expand(len(prompts), *noise.shape[1:]).clone()
     result = denoise(pipe, batch, encode_prompts(pipe, prompts), encode_prompts(pipe, [negative]),
                      config.num_inference_steps, config.guidance_scale,

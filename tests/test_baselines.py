@@ -210,3 +210,21 @@ def test_shipped_settings_override_the_authors_and_explicit_settings_win(tmp_pat
     mine = baselines.BoxDiffConfig(step_size=1.0)
     assert baselines.method_settings(_Pipe(), "boxdiff", baselines.BOXDIFF, mine) is mine
     assert baselines.method_settings(_Pipe(), "multidiffusion", baselines.MULTIDIFFUSION) == baselines.MULTIDIFFUSION
+
+
+@pytest.mark.slow  # a subprocess that loads the toy model: about 30 s
+def test_the_calibration_script_prints_one_row_per_setting_and_keeps_the_authors_within_the_margin():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate_baselines.py"
+    out = subprocess.run([sys.executable, str(script), "--n-per-task", "1", "--method", "boxdiff", "--only", "0", "1",
+                          "--margin", "100"], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "LMD_PROGRESS": "off"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    rows = [line for line in lines if line.startswith("boxdiff ")]
+    assert len(rows) == 2 and "step_size=20.0" in rows[0] and "step_size=5.0" in rows[1]
+    assert json.loads(lines[-1]) == {"boxdiff": {"step_size": 20.0}}  # a 100-point margin: the authors' value stays

@@ -253,3 +253,17 @@ def test_load_pipeline_reads_a_saved_gligen_folder(gpipe, tmp_path):
     assert is_gligen(loaded) and len(fusers(loaded)) == len(fusers(gpipe))
     ours, theirs = gpipe.unet.state_dict(), loaded.unet.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_grounding_figure_shows_one_token_per_box_and_the_grounded_steps():
+    from matplotlib.colors import to_rgba
+
+    from lmd_utils.viz.gligen import grounding_figure
+
+    fig = grounding_figure(Layout([CAT, DOG], "a park"), num_steps=15)
+    left, right = fig.axes
+    assert "2 grounding tokens" in left.get_title() and left.get_xlabel().count("token") == 2
+    greens = [p for p in right.patches if p.get_facecolor() == to_rgba("tab:green")]
+    assert len(right.patches) == 15 and len(greens) == int(0.4 * 15) == 6
+    with pytest.raises(ValueError):
+        grounding_figure(Layout([CAT], ""), num_steps=0)
