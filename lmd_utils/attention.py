@@ -10,7 +10,8 @@ How the capture works
 modules only, and restores the originals on exit, even when the body raises.  Every other layer keeps the
 fast SDPA processor.  The capturing processor lets the original processor compute the layer's output (so the
 UNet's result is bit-identical with and without capture) and recomputes the probabilities from the same
-``q`` and ``k`` (one extra ``to_q``/``to_k`` projection and ``q kᵀ`` per captured layer).  Probabilities are
+``q`` and ``k`` (one extra ``to_q``/``to_k`` projection and ``q kᵀ`` per captured layer, on the conditional half
+only when the store keeps that half of a classifier-free-guidance batch).  Probabilities are
 computed in float32 whatever the model's dtype.
 
 Conventions
@@ -219,9 +220,10 @@ class AttentionStore:
         return len(self.records)
 
     # -- recording (called by the processors) --------------------------------------------------------
-    def _record(self, layer: str, probs: torch.Tensor) -> None:
-        """``probs`` (batch, heads, queries, tokens) → kept part as (batch, heads, H, W, tokens)."""
-        if self.keep == "cond" and self.cfg_batch:
+    def _record(self, layer: str, probs: torch.Tensor, halved: bool = False) -> None:
+        """``probs`` (batch, heads, queries, tokens) → kept part as (batch, heads, H, W, tokens); ``halved``: the
+        capture computed the kept (conditional) half only."""
+        if self.keep == "cond" and self.cfg_batch and not halved:
             if probs.shape[0] % 2:
                 raise ValueError(f"keep='cond' needs an [uncond; cond] batch, got batch {probs.shape[0]}; "
                                  "use keep='all' or set store.cfg_batch = False")
@@ -323,14 +325,23 @@ class CaptureProcessor:
             kwargs["temb"] = temb
         out = self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                             attention_mask=attention_mask, **kwargs)
-        with torch.set_grad_enabled(self.store.keep_grad and torch.is_grad_enabled()):
-            probs = cross_attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-            self.store._record(self.name, probs)
         store = self.store
+        rows = slice(None)
+        if store.keep == "cond" and store.cfg_batch and hidden_states.shape[0] % 2 == 0:
+            rows = slice(hidden_states.shape[0] // 2, None)  # only the kept half: [uncond; cond] → cond
+        with torch.set_grad_enabled(store.keep_grad and torch.is_grad_enabled()):
+            probs = cross_attention_probs(attn, hidden_states[rows], _rows(encoder_hidden_states, rows),
+                                          _rows(attention_mask, rows), _rows(temb, rows))
+            store._record(self.name, probs, halved=rows.start is not None)
         store._seen.add(self.name)
         if store.stop_after_last_layer and store._needed <= store._seen:
             raise _StopForward
         return out
+
+
+def _rows(x: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """``x[rows]`` along the batch, for a per-element input (a shared ``(1, ...)`` one or ``None`` stays)."""
+    return x if x is None or rows.start is None or x.shape[0] == 1 else x[rows]
 
 
 @contextlib.contextmanager

@@ -62,6 +62,10 @@ class GuidanceConfig:
       layers: the guidance layers (authors' ``DEFAULT_GUIDANCE_ATTN_KEYS``).
       truncate_forward: stop the guidance forward after the last guidance layer (not in the authors' code:
         same maps, less compute; the energy needs nothing after ``up_blocks.1``).
+      batched_energy: compute each layer's energy terms of all elements, objects, tokens and transfer boxes in one
+        call on gathered maps (issue #15: no Python loop over boxes per iteration; the same value up to float
+        rounding) instead of one call per element, object and layer (``False``, the reference implementation and
+        the default until the toy benchmark confirms it).
       stop_rule: ``"current"`` (ours): an element is updated while the energy of the CURRENT latents is above
         ``loss_threshold``, re-evaluated at every iteration of every step.  ``"authors"``
         (``models/pipelines.py:30, :161, :552``): the loop runs ``while loss > loss_threshold and iteration <
@@ -88,6 +92,7 @@ class GuidanceConfig:
     head_reduction: str = "mean"
     layers: tuple[str, ...] = GUIDANCE_LAYERS
     truncate_forward: bool = True
+    batched_energy: bool = False
     stop_rule: Literal["current", "authors"] = "current"
     skip_articles: bool = True
 
@@ -105,7 +110,8 @@ class GuidanceConfig:
         scale depends on the head count), their stop rule, their tokens (articles included) and the full guidance
         forward; then ``overrides``."""
         return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum",
-                           stop_rule="authors", skip_articles=False, truncate_forward=False), **overrides)
+                           stop_rule="authors", skip_articles=False, truncate_forward=False, batched_energy=False),
+                       **overrides)
 
     def on_layers(self, layers: str | Sequence[str]) -> "GuidanceConfig":
         """These settings, guiding on ``layers`` (the model's guidance layers) unless they name their own."""
@@ -140,7 +146,8 @@ class LMDConfig:
         the same schedule for both, first 30 of 50 steps).  ``layers=None`` in them means "the model's guidance
         layers" (:func:`~lmd_utils.attention.default_layers`).
     mask_layers: where the object masks are read (authors: ``down_blocks.2.attentions.1``); ``None``: model default.
-    mask_start_step: attention for masks is averaged over steps ``mask_start_step..T-1`` (authors: 10 of 50).
+    mask_start_step: attention for masks is averaged over steps ``mask_start_step..T-1`` (authors: 10 of 50; the end:
+        ``mask_end_step``).
     mask_method: ``"normalized"`` (authors' coarse mask: min-max normalised map ≥ 0.25, cut to the box),
         ``"object"`` (the same rule over the whole map, keeping the blobs that touch the box: follows an object
         that spills out of its box; the toy model's setting) or ``"quantile"`` (keep the top 75 % of in-box
@@ -157,6 +164,19 @@ class LMDConfig:
         (``layout.prompt``) when every phrase occurs in it and it does not name the layout's negative prompt (a model
         trained on one caption grammar, such as the toy world, understands its own grammar best), else falls back
         to the authors' form.
+    per_box_stop: how long the per-box pass runs (issue #15): ``"end"`` (the default, as the authors: all T steps) or
+        ``"needed"``: it stops after the last step anything reads, ``max(frozen_step_count(T, frozen_ratio),
+        mask_end_step`` (without ``mask_jumps``) ``or mask_start_step + 1, overall_guidance.guidance_steps`` (with
+        attention transfer: its references)``)`` steps (:func:`~lmd_utils.per_box.per_box_step_count`; toy world: 7
+        of 15); its per-box images (what SAM refines, what the notebooks show) are the scheduler's x_0 estimate there.
+    mask_end_step: the mask attention is averaged over steps ``mask_start_step..mask_end_step−1``; ``None`` (authors):
+        up to the last step the per-box pass runs (T with ``per_box_stop="end"``).  With ``"needed"`` a later end
+        makes the pass run longer, for masks from later (sharper) attention, unless ``mask_jumps`` reach it.
+    mask_jumps: with ``per_box_stop="needed"``, the rest of the mask window (up to ``mask_end_step``, else T) is not
+        run step by step but reached by this many deterministic DDIM jumps from the stopped pass's x_0 estimate, evenly
+        spaced and ending at the window's last step, each one conditional UNet forward whose attention joins the masks
+        (:func:`~lmd_utils.per_box.jump_for_masks`; issue #15: late, sharp attention at a fraction of the steps).
+        0 (default): no jumps.
     max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
         as the authors' code).
     gligen_beta: ``None`` (LMD) or GLIGEN grounding in both passes, on their first ``int(β·T)`` steps (LMD+, the
@@ -203,6 +223,7 @@ class LMDConfig:
     overall_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(layers=()))
     mask_layers: tuple[str, ...] | None = None
     mask_start_step: int = 10
+    mask_end_step: int | None = None
     mask_method: Literal["normalized", "object", "quantile"] = "normalized"
     placement: Literal["authors", "box"] = "authors"
     floor_padding: float = 0.2
@@ -213,6 +234,8 @@ class LMDConfig:
     overall_negative_prompt: str = OVERALL_NEGATIVE_PROMPT
     background: str | None = None
     overall_prompt: Literal["authors", "source"] = "authors"
+    per_box_stop: Literal["end", "needed"] = "end"
+    mask_jumps: int = 0
     max_batch: int | None = None
     gligen_beta: float | None = None
     gligen_guidance: Literal["null", "boxes"] = "null"
@@ -227,11 +250,17 @@ class LMDConfig:
         for name, allowed in (("box_rounding", ("edges", "authors")), ("alignment", ("centre", "authors", "none")),
                               ("compose_initial", ("masks", "authors")), ("sam_rules", ("ours", "authors")),
                               ("box_order", ("layout", "by_phrase")), ("gligen_guidance", ("null", "boxes")),
-                              ("mask_method", ("normalized", "object", "quantile"))):
+                              ("mask_method", ("normalized", "object", "quantile")),
+                              ("per_box_stop", ("end", "needed"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.gligen_beta is not None and not 0.0 <= self.gligen_beta <= 1.0:
             raise ValueError(f"gligen_beta must be None or in [0, 1], got {self.gligen_beta}")
+        if self.mask_jumps < 0:
+            raise ValueError(f"mask_jumps must be >= 0, got {self.mask_jumps}")
+        if self.mask_end_step is not None and not self.mask_start_step < self.mask_end_step <= self.num_inference_steps:
+            raise ValueError(f"mask_end_step must be None or in ({self.mask_start_step}, {self.num_inference_steps}] "
+                             f"(after mask_start_step, at most the steps), got {self.mask_end_step}")
         if self.alignment == "none" and self.placement != "box":
             raise ValueError("alignment='none' leaves each object where its per-box pass drew it: that is its box "
                              "only with placement='box'")
@@ -243,8 +272,9 @@ class LMDConfig:
         return replace(cls(
             per_box_guidance=GuidanceConfig.authors(layers=()), overall_guidance=GuidanceConfig.authors(layers=()),
             mask_method="normalized", placement="authors", attention_transfer=True, overall_prompt="authors",
-            max_batch=1, box_seed_start=20, box_rounding="authors", alignment="authors", compose_initial="authors",
-            sam_rules="authors", box_order="by_phrase"), **overrides)
+            max_batch=1, per_box_stop="end", mask_end_step=None, mask_jumps=0, box_seed_start=20,
+            box_rounding="authors", alignment="authors", compose_initial="authors", sam_rules="authors",
+            box_order="by_phrase"), **overrides)
 
     @classmethod
     def lmd_plus(cls, **overrides) -> "LMDConfig":
@@ -283,6 +313,8 @@ class LMDConfig:
             per_box_guidance=self.per_box_guidance.scaled_to(num_inference_steps, self.num_inference_steps),
             overall_guidance=self.overall_guidance.scaled_to(num_inference_steps, self.num_inference_steps),
             mask_start_step=min(round(self.mask_start_step * ratio), max(num_inference_steps - 1, 0)),
+            mask_end_step=None if self.mask_end_step is None else min(max(round(self.mask_end_step * ratio), 1),
+                                                                        num_inference_steps),
         )
 
     @classmethod

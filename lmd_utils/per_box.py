@@ -23,12 +23,14 @@ from typing import Literal
 
 import torch
 
-from .attention import ALL_LAYERS, GUIDANCE_LAYERS, AttentionStore, default_layers, object_word, word_token_indices
+from .attention import (ALL_LAYERS, GUIDANCE_LAYERS, AttentionStore, capture_cross_attention, default_layers,
+                        object_word, word_token_indices)
+from .composition import frozen_step_count, predicted_x0
 from .config import PER_BOX_NEGATIVE_PROMPT, LMDConfig
 from .gligen import GligenGrounding
 from .grammar import join_phrases
 from .layout import Box, Layout
-from .models import decode_latents, encode_prompts, initial_noise, latent_shape
+from .models import decode_latents, encode_prompts, initial_noise, latent_shape, model_dtype, scheduler_copy
 from .sampling import BoxGuidance, ImageTargets, ObjectTarget, denoise
 
 Placement = Literal["authors", "box"]
@@ -116,8 +118,8 @@ class PerBoxResult:
     """The per-box pass: one entry per box, in layout order."""
 
     plan: PerBoxPlan
-    latents: torch.Tensor  # (T+1, n, C, h, w): x_T, then after each step
-    images: torch.Tensor  # (n, 3, H, W) in [0, 1]
+    latents: torch.Tensor  # (S+1, n, C, h, w): x_T, then after each of the S = per_box_step_count steps run
+    images: torch.Tensor  # (n, 3, H, W) in [0, 1] (the x_0 estimate when the pass stopped early)
     mask_maps: torch.Tensor  # (n, h', w') aggregated object-word attention on the mask layers (on the CPU)
     word_tokens: list[int]  # per box, the token of its object word (plan.words) in its prompt
     #: per box, the object word's attention ``{(layer, step): (heads, H, W)}`` on the guidance layers during the
@@ -150,6 +152,63 @@ def per_box_token_targets(tokenizer, layout: Layout, plan: PerBoxPlan,
     return targets, word_tokens
 
 
+def per_box_step_count(config: LMDConfig) -> int:
+    """Steps the per-box pass runs (``LMDConfig.per_box_stop``): all ``T``, or (``"needed"``) up to the last step
+    whose output is read: the frozen steps' latents, the mask window (to ``mask_end_step`` unless ``mask_jumps``
+    reach its rest, else one step from ``mask_start_step`` on), and with attention transfer the references of the
+    composed pass's guided steps."""
+    steps = config.num_inference_steps
+    if config.per_box_stop == "end":
+        return steps
+    transfer = config.overall_guidance.guidance_steps if config.attention_transfer else 0
+    masks = config.mask_start_step + 1 if config.mask_jumps or not config.mask_end_step else config.mask_end_step
+    return min(steps, max(frozen_step_count(steps, config.frozen_ratio), masks, transfer, 1))
+
+
+def mask_jump_steps(config: LMDConfig, run_steps: int) -> list[int]:
+    """The steps ``LMDConfig.mask_jumps`` reaches after a stopped pass: that many, evenly spaced over the rest of the
+    mask window (``run_steps..mask_end_step−1``, else ``..T−1``), the last one included."""
+    end = config.mask_end_step or config.num_inference_steps
+    span = end - run_steps
+    if config.per_box_stop != "needed" or config.mask_jumps < 1 or span < 1:
+        return []
+    jumps = min(config.mask_jumps, span)
+    return sorted({run_steps - 1 + round((i + 1) * span / jumps) for i in range(jumps)})
+
+
+@torch.no_grad()
+def jump_for_masks(pipe, latents: torch.Tensor, x0: torch.Tensor, num_steps: int, start: int, targets: list[int],
+                   cond: torch.Tensor, store: AttentionStore) -> torch.Tensor:
+    """Deterministic DDIM jumps (η = 0) on the ``num_steps``-step schedule from ``latents`` (x at step ``start``) and
+    its x_0 estimate ``x0`` to the steps ``targets`` (``LMDConfig.mask_jumps``): at each, ``x = √ᾱ·x̂_0 + √(1−ᾱ)·ε̂``
+    and one UNet forward on the conditional embeddings ``cond`` only (the masks read the conditional attention; on
+    the toy world the masks came as close to the full pass's without the unconditional half as with it, at half the
+    cost), its attention into ``store`` as step ``k``, its output renewing x̂_0 and ε̂.  Returns the last x̂_0."""
+    sched = scheduler_copy(pipe)
+    sched.set_timesteps(num_steps, device=latents.device)
+    alphas, kind, dtype = sched.alphas_cumprod.to(torch.float64), sched.config.prediction_type, model_dtype(pipe)
+
+    def alpha(step: int) -> float:
+        return float(alphas[int(sched.timesteps[step])])
+
+    a = alpha(start)
+    eps = (latents - a ** 0.5 * x0) / (1 - a) ** 0.5
+    was_cfg, store.cfg_batch = store.cfg_batch, False
+    try:
+        for k in targets:
+            a, t = alpha(k), sched.timesteps[k]
+            x = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps
+            store.set_step(k)
+            with capture_cross_attention(pipe.unet, store=store):
+                model_in = sched.scale_model_input(x, t).to(dtype)
+                noise = pipe.unet(model_in, t, encoder_hidden_states=cond.to(dtype), return_dict=False)[0]
+            x0 = predicted_x0(x, noise.to(x.dtype), a, kind)
+            eps = (x - a ** 0.5 * x0) / (1 - a) ** 0.5
+    finally:
+        store.cfg_batch = was_cfg
+    return x0
+
+
 def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise: torch.Tensor,
                 progress: bool = True) -> PerBoxResult:
     """Generate every box alone, guided into its generation box; keep latents and the object word's attention.
@@ -178,7 +237,9 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     # 3. which attention to keep: the mask layers from mask_start_step on, the guidance layers on the steps the
     #    composed pass will transfer
     transfer_steps = set(range(config.overall_guidance.guidance_steps)) if config.attention_transfer else set()
-    mask_steps = set(range(config.mask_start_step, config.num_inference_steps))
+    run_steps = per_box_step_count(config)  # T, or fewer with per_box_stop="needed"
+    mask_steps = set(range(config.mask_start_step, min(config.mask_end_step or run_steps, run_steps)))
+    jumps = mask_jump_steps(config, run_steps)  # LMDConfig.mask_jumps: the rest of the mask window, jumped to
     layers = [mask_layers] if isinstance(mask_layers, str) else list(mask_layers)
     if config.attention_transfer:
         layers += list(guidance_cfg.layers)
@@ -188,7 +249,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     cond = encode_prompts(pipe, plan.prompts)
     uncond = encode_prompts(pipe, [plan.negative_prompt])
     chunk = config.max_batch or n
-    hooks, latents, maps, references = [], [], [], []
+    hooks, latents, maps, references, finals = [], [], [], [], []
     for lo in range(0, n, chunk):
         sl = slice(lo, min(lo + chunk, n))
         hook = BoxGuidance(targets[sl], guidance_cfg, box_rounding=config.box_rounding)
@@ -197,15 +258,25 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
         store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
                                steps=mask_steps | transfer_steps)
         result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, config.guidance_scale,
-                         hooks=[*grounding, hook], attention_store=store, keep_latents=True, progress=progress)
+                         hooks=[*grounding, hook], attention_store=store, keep_latents=True, progress=progress,
+                         max_steps=run_steps if run_steps < config.num_inference_steps else None)
         hooks.append(hook)
         latents.append(result.latents_history)
-        maps.append(store.aggregate(layers=mask_layers, steps=mask_steps)[:, 0])  # (chunk, h', w'), word token
+        x0 = result.predicted_x0
+        if jumps and x0 is not None:
+            x0 = jump_for_masks(pipe, result.latents, x0, config.num_inference_steps, run_steps, jumps, cond[sl],
+                                store)
+        if run_steps < config.num_inference_steps and x0 is not None:
+            finals.append(x0)  # stopped early: the images are the x_0 estimate
+        else:
+            finals.append(result.latents)
+        maps.append(store.aggregate(layers=mask_layers, steps=mask_steps | set(jumps if x0 is not None else ())
+                                    )[:, 0])  # (chunk, h', w'), word token
         guided = {r.layer for r in store.select(guidance_cfg.layers)}
         for e in range(sl.stop - sl.start):
             references.append({k: v for k, v in store.per_element_maps(e).items()
                                if k[1] in transfer_steps and k[0] in guided})
     latents_all = torch.cat(latents, dim=1)
-    images = decode_latents(pipe, latents_all[-1].to(shared_noise.device))
+    images = decode_latents(pipe, torch.cat(finals).to(shared_noise.device))
     return PerBoxResult(plan, latents_all, images, torch.cat(maps).cpu(), word_tokens, references, hooks,
                         guidance_cfg.layers)

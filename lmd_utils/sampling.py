@@ -61,6 +61,7 @@ class StepState:
     uncond_embeds: torch.Tensor | None
     guidance_scale: float
     noise_pred: torch.Tensor | None = None
+    predicted_x0: torch.Tensor | None = None  # in ``after_step``: the scheduler's x_0 estimate, when it gives one
     latents_history: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +74,7 @@ class DenoiseResult:
     attention_store: AttentionStore | None = None
     hooks: tuple = ()
     extras: dict[str, Any] = field(default_factory=dict)
+    predicted_x0: torch.Tensor | None = None  # the scheduler's x_0 estimate at the last step run (None: not given)
 
 
 def _batch_embeds(embeds: torch.Tensor, batch: int, name: str, device, dtype) -> torch.Tensor:
@@ -110,7 +112,7 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
             num_inference_steps: int = 50, guidance_scale: float = 7.5, scheduler=None, hooks: Sequence = (),
             attention_store: AttentionStore | None = None, progress: bool = True,
             generator: torch.Generator | None = None, keep_latents: bool = False, eta: float = 0.0,
-            guidance_rescale: float = 0.0) -> DenoiseResult:
+            guidance_rescale: float = 0.0, max_steps: int | None = None) -> DenoiseResult:
     """Sample from x_T = ``latents`` with classifier-free guidance, calling ``hooks`` around each step.
 
     ``latents`` is unit-variance noise ``(B, C, h, w)`` (see :func:`~lmd_utils.models.initial_noise`); it is
@@ -122,6 +124,9 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     and ``pipe.scheduler`` are never stepped.  Default: DDIM with the pipe's scheduler config (the authors'
     sampler).  ``attention_store`` records the chosen layers during the real forward on ``store.steps``.
     ``keep_latents`` keeps every x_t on the CPU (the per-box pass needs them for composition).
+    ``max_steps`` runs only the first ``max_steps`` steps of the ``num_inference_steps`` schedule (same timesteps;
+    the per-box pass stops once the composition has what it reads, ``LMDConfig.per_box_stop``); the result's
+    ``latents`` are then x_t of the step reached and ``predicted_x0`` the scheduler's x_0 estimate there.
     Same inputs (and ``generator`` for stochastic schedulers) give identical tensors.
     """
     if latents.ndim != 4:
@@ -152,11 +157,15 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
         attention_store.cfg_batch = do_cfg
 
     timesteps = sched.timesteps
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
+    run_steps = timesteps[:max_steps] if max_steps is not None else timesteps
+    predicted = None
     with contextlib.ExitStack() as attached:  # hooks acting on the model for the whole run (see the module docstring)
         for hook in hooks:
             if hasattr(hook, "attach"):
                 attached.enter_context(hook.attach(pipe))
-        for i, t in enumerate(progress_bar(timesteps, desc="denoising", disable=not progress, leave=False)):
+        for i, t in enumerate(progress_bar(run_steps, desc="denoising", disable=not progress, leave=False)):
             state = StepState(step=i, num_steps=len(timesteps), timestep=t, latents=latents, scheduler=sched,
                               pipe=pipe, cond_embeds=cond, uncond_embeds=uncond, guidance_scale=guidance_scale,
                               latents_history=history, extras=extras)
@@ -176,16 +185,19 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
                 if guidance_rescale > 0:
                     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
                     noise = rescale_noise_cfg(noise, noise_cond, guidance_rescale=guidance_rescale)
-            latents = sched.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            stepped = sched.step(noise, t, latents, **step_kwargs, return_dict=False)
+            latents = stepped[0]
+            predicted = stepped[1] if len(stepped) > 1 else None
 
-            state.latents, state.noise_pred = latents, noise
+            state.latents, state.noise_pred, state.predicted_x0 = latents, noise, predicted
             latents = _call_hooks(hooks, "after_step", state)
             if history is not None:
                 history.append(latents.detach().cpu())
 
     return DenoiseResult(latents=latents, timesteps=timesteps.detach().cpu(),
                          latents_history=torch.stack(history) if history is not None else None,
-                         attention_store=attention_store, hooks=tuple(hooks), extras=extras)
+                         attention_store=attention_store, hooks=tuple(hooks), extras=extras,
+                         predicted_x0=predicted)
 
 
 # -- box guidance ---------------------------------------------------------------------------------------
@@ -340,6 +352,9 @@ class BoxGuidance:
         layers = store.recorded_layers
         if not layers:
             raise RuntimeError("no guidance maps were captured")
+        if self.config.batched_energy:
+            return torch.stack([self._batched_layer_energy(store.get(layer, step), elements, layer, step)
+                                for layer in layers]).mean(0)
         energies = []
         for row, element in enumerate(elements):
             target = self.targets[element]
@@ -355,6 +370,51 @@ class BoxGuidance:
                 per_layer.append(energy)
             energies.append(torch.stack(per_layer).mean())
         return torch.stack(energies)
+
+    def _batched_layer_energy(self, probs: torch.Tensor, elements: Sequence[int], layer: str, step: int
+                              ) -> torch.Tensor:
+        """One layer's energies ``(len(elements),)`` with every term in one call (``batched_energy``): the same sums
+        as :meth:`energy_from_store`, as weights (``1/(objects · tokens)``, ``λ/(phrases · boxes)``) on gathered maps."""
+        cfg, probs = self.config, probs.float()  # (batch, heads, H, W, tokens)
+        h, w, dev = probs.shape[2], probs.shape[3], probs.device
+        rows, tokens, boxes, weights, refs = [], [], [], [], []
+        t_rows, t_tokens, t_boxes, t_weights = [], [], [], []
+        for row, element in enumerate(elements):
+            target = self.targets[element]
+            for obj in target.objects:
+                for k in obj.token_indices:
+                    rows.append(row), tokens.append(k), boxes.append(obj.boxes)
+                    weights.append(1.0 / (len(target.objects) * len(obj.token_indices)))
+            groups: dict[Any, int] = {}
+            for k, tr in enumerate(target.transfers):
+                key = tr.object_index if tr.object_index is not None else ("own", k)
+                groups[key] = groups.get(key, 0) + 1
+            for k, tr in enumerate(target.transfers):
+                ref = tr.reference.get((layer, step))
+                if ref is None:
+                    raise KeyError(f"attention-transfer reference misses layer {layer!r} at step {step}")
+                if tuple(ref.shape) != tuple(probs.shape[1:4]):
+                    raise ValueError(f"reference map {tuple(ref.shape)} does not match {tuple(probs.shape[1:4])} "
+                                     f"(heads, H, W) of layer {layer!r}")
+                key = tr.object_index if tr.object_index is not None else ("own", k)
+                t_rows.append(row), t_tokens.append(tr.token_index), t_boxes.append((tr.box,)), refs.append(ref)
+                t_weights.append(cfg.transfer_weight / (len(groups) * groups[key]))
+        out = probs.new_zeros(len(elements))
+        for kind, (r, t, b, wt) in (("box", (rows, tokens, boxes, weights)), ("transfer", (t_rows, t_tokens, t_boxes,
+                                                                                          t_weights))):
+            if not r:
+                continue
+            r_idx, t_idx = torch.tensor(r, device=dev), torch.tensor(t, device=dev)
+            maps = probs[r_idx, :, :, :, t_idx]  # (terms, heads, H, W)
+            masks = torch.stack([self.box_mask(bb, h, w, dev) for bb in b])[:, None]
+            if kind == "box":
+                energy = reduce_over_heads(box_energy(maps, masks, cfg.top_fraction, cfg.inside_weight,
+                                                      cfg.outside_weight), cfg.head_reduction, dim=1)
+            else:
+                reference = torch.stack([ref.to(dev, torch.float32) for ref in refs])
+                energy = attention_transfer_energy(maps, reference, masks).mean(1)
+            out = out.index_add(0, r_idx, energy * torch.tensor(wt, device=dev, dtype=energy.dtype))
+        return out
 
     def compute_energy(self, pipe, latents: torch.Tensor, timestep, step: int, cond_embeds: torch.Tensor,
                        scheduler, elements: Sequence[int] | None = None) -> torch.Tensor:
