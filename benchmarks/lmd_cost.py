@@ -6,7 +6,8 @@
     python benchmarks/lmd_cost.py --set per_box_stop=needed --set per_box_guidance.iterations=[1]  # try a lever
 
 For each box count it prints wall time and peak memory of LMD divided by plain sampling (same model, seed,
-scheduler, steps), for four variants: per-box pass batched or one box at a time (the authors' code), and the
+scheduler, steps; times are the fastest of ``--repeats`` runs, plain sampling's run in the same process between
+LMD's, so both see the same machine), for four variants: per-box pass batched or one box at a time (the authors' code), and the
 guidance forward truncated after the last guidance layer or run through the whole UNet (the authors' code).  The
 first row of each box count, ``ours``, is the model's default configuration (``LMDConfig.for_pipe``, plus ``--set``).
 Then, for that default variant, a per-stage breakdown (exclusive seconds of each stage of one more run, and the
@@ -190,10 +191,13 @@ def measure(spec: dict) -> dict:
     family = "toyworld" if spec["model"] == "toyworld" else "default"
     cuda = pipe.device.type == "cuda"
 
+    def plain():
+        return generate_sd(pipe, "a red circle" if family == "toyworld" else "a cat", seed=0, config=config,
+                           progress=False)
+
     def run():
         if spec["method"] == "sd":
-            return generate_sd(pipe, "a red circle" if family == "toyworld" else "a cat", seed=0, config=config,
-                               progress=False)
+            return plain()
         max_batch, truncate = VARIANTS[spec["variant"]]
         cfg = with_settings(config, spec.get("settings", []))
         cfg = replace(cfg, max_batch=max_batch if max_batch is not None else cfg.max_batch,
@@ -201,19 +205,29 @@ def measure(spec: dict) -> dict:
                       overall_guidance=replace(cfg.overall_guidance, truncate_forward=truncate))
         return generate(pipe, grid_layout(spec["boxes"], CAPTIONS[family]), seed=0, config=cfg, progress=False)
 
+    def timed(f) -> float:
+        t = time.perf_counter()
+        f()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    interleave = spec["method"] != "sd"
     run()  # warm-up (allocator, lazy imports)
+    if interleave:
+        plain()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, plain_times = [], []
     for _ in range(spec["repeats"]):
-        t = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        if interleave:  # plain sampling between the runs: the ratio compares runs made under the same conditions
+            plain_times.append(timed(plain))
+        times.append(timed(run))
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"seconds": min(times), "peak_mib": peak}
+    if interleave:
+        out["sd_seconds"] = min(plain_times)
     if spec.get("breakdown"):
         timer = StageTimer(cuda)
         timer.install()
@@ -231,20 +245,22 @@ def measure_in_subprocess(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def breakdown_table(breakdowns: dict[int, dict[str, float]], sd_seconds: float) -> str:
-    """Stage rows, one ``seconds (×SD)`` column per box count, then the sums and the breakdown run's total."""
+def breakdown_table(breakdowns: dict[int, tuple[dict[str, float], float]]) -> str:
+    """Stage rows, one ``seconds (×SD)`` column per box count (``{boxes: (breakdown, plain sampling's seconds)}``),
+    then the sums and the breakdown run's total."""
     header = f"{'stage':28s}" + "".join(f"{f'{n} box' + ('es' if n > 1 else ''):>17s}" for n in breakdowns)
     lines = [header]
 
     def row(name, values):
-        lines.append(f"{name:28s}" + "".join(f"{v:8.2f} s ({v / sd_seconds:4.2f}×)" for v in values))
+        lines.append(f"{name:28s}" + "".join(f"{v:8.2f} s ({v / sd:4.2f}×)"
+                                             for v, (_, sd) in zip(values, breakdowns.values())))
 
     for stage in STAGES:
-        row(stage, [b[stage] for b in breakdowns.values()])
+        row(stage, [b[stage] for b, _ in breakdowns.values()])
     lines.append("-" * len(header))
     for name, parts in SUMS.items():
-        row(name, [sum(b[p] for p in parts) for b in breakdowns.values()])
-    row("total (breakdown run)", [sum(b.values()) for b in breakdowns.values()])
+        row(name, [sum(b[p] for p in parts) for b, _ in breakdowns.values()])
+    row("total (breakdown run)", [sum(b.values()) for b, _ in breakdowns.values()])
     return "\n".join(lines)
 
 
@@ -255,7 +271,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's LMD config)")
     parser.add_argument("--size", type=int, default=None, help="image height and width (default: the model's own)")
     parser.add_argument("--boxes", type=int, nargs="+", default=[1, 3, 5])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an LMDConfig field for every LMD run (repeatable; nested: per_box_guidance.X)")
@@ -275,14 +291,14 @@ def main() -> int:
         for n in args.boxes:
             m = measure_in_subprocess({**base, "method": "lmd", "variant": variant, "boxes": n,
                                        "settings": args.settings, "breakdown": args.breakdown and k == 0})
-            print(f"{variant:40s} {n:5d} {m['seconds'] / sd['seconds']:9.2f} {m['peak_mib'] / sd['peak_mib']:11.2f} "
+            print(f"{variant:40s} {n:5d} {m['seconds'] / m['sd_seconds']:9.2f} {m['peak_mib'] / sd['peak_mib']:11.2f} "
                   f"{m['seconds']:8.2f}", flush=True)
             if "breakdown" in m:
-                breakdowns[n] = m["breakdown"]
+                breakdowns[n] = (m["breakdown"], m["sd_seconds"])
     if breakdowns:
-        print(f"\nwhere the time goes ({args.variants[0]}; seconds of one run, ×SD = share of plain sampling's "
-              f"{sd['seconds']:.2f} s):")
-        print(breakdown_table(breakdowns, sd["seconds"]))
+        print(f"\nwhere the time goes ({args.variants[0]}; seconds of one run, ×SD = share of plain sampling's time "
+              f"measured beside it: {', '.join(f'{s:.2f} s' for _, s in breakdowns.values())}):")
+        print(breakdown_table(breakdowns))
     return 0
 
 

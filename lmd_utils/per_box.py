@@ -257,9 +257,11 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
             GligenGrounding([[b] for b in plan.generation_boxes[sl]], config.gligen_beta, config.gligen_guidance)]
         store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
                                steps=mask_steps | transfer_steps)
-        result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, config.guidance_scale,
+        scale = config.guidance_scale if config.per_box_guidance_scale is None else config.per_box_guidance_scale
+        result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, scale,
                          hooks=[*grounding, hook], attention_store=store, keep_latents=True, progress=progress,
-                         max_steps=run_steps if run_steps < config.num_inference_steps else None)
+                         max_steps=run_steps if run_steps < config.num_inference_steps else None,
+                         uncond_every=config.per_box_uncond_every)
         hooks.append(hook)
         latents.append(result.latents_history)
         x0 = result.predicted_x0

@@ -112,7 +112,7 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
             num_inference_steps: int = 50, guidance_scale: float = 7.5, scheduler=None, hooks: Sequence = (),
             attention_store: AttentionStore | None = None, progress: bool = True,
             generator: torch.Generator | None = None, keep_latents: bool = False, eta: float = 0.0,
-            guidance_rescale: float = 0.0, max_steps: int | None = None) -> DenoiseResult:
+            guidance_rescale: float = 0.0, max_steps: int | None = None, uncond_every: int = 1) -> DenoiseResult:
     """Sample from x_T = ``latents`` with classifier-free guidance, calling ``hooks`` around each step.
 
     ``latents`` is unit-variance noise ``(B, C, h, w)`` (see :func:`~lmd_utils.models.initial_noise`); it is
@@ -127,6 +127,8 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     ``max_steps`` runs only the first ``max_steps`` steps of the ``num_inference_steps`` schedule (same timesteps;
     the per-box pass stops once the composition has what it reads, ``LMDConfig.per_box_stop``); the result's
     ``latents`` are then x_t of the step reached and ``predicted_x0`` the scheduler's x_0 estimate there.
+    ``uncond_every`` > 1 runs the unconditional half only on every ``uncond_every``-th step (0, k, 2k, ...); the
+    steps between run the conditional half alone and reuse the last ``ε_c − ε_u`` (``LMDConfig.per_box_uncond_every``).
     Same inputs (and ``generator`` for stochastic schedulers) give identical tensors.
     """
     if latents.ndim != 4:
@@ -160,7 +162,9 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be None or >= 1, got {max_steps}")
     run_steps = timesteps[:max_steps] if max_steps is not None else timesteps
-    predicted = None
+    predicted = delta = None
+    if uncond_every < 1:
+        raise ValueError(f"uncond_every must be >= 1, got {uncond_every}")
     with contextlib.ExitStack() as attached:  # hooks acting on the model for the whole run (see the module docstring)
         for hook in hooks:
             if hasattr(hook, "attach"):
@@ -171,16 +175,23 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
                               latents_history=history, extras=extras)
             latents = _call_hooks(hooks, "before_step", state)
 
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            reuse = do_cfg and delta is not None and i % uncond_every != 0  # cond half only, the last CFG delta
+            both = do_cfg and not reuse
+            model_in = torch.cat([latents] * 2) if both else latents
             model_in = sched.scale_model_input(model_in, t)
             capturing = attention_store is not None and attention_store.wants_step(i)
             capture = capture_cross_attention(unet, store=attention_store) if capturing else contextlib.nullcontext()
             with torch.no_grad(), capture:
                 if attention_store is not None:
                     attention_store.set_step(i)
-                noise = unet(model_in, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            if do_cfg:
+                    attention_store.cfg_batch = both
+                noise = unet(model_in, t, encoder_hidden_states=embeds if both else cond, return_dict=False)[0]
+            if reuse:
+                noise_cond = noise
+                noise = noise_cond + (guidance_scale - 1) * delta
+            elif do_cfg:
                 noise_uncond, noise_cond = noise.chunk(2)
+                delta = noise_cond - noise_uncond if uncond_every > 1 else None
                 noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
                 if guidance_rescale > 0:
                     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg

@@ -223,3 +223,33 @@ def test_mask_jumps_add_one_conditional_forward_each_and_feed_the_masks(pipe, la
     torch.testing.assert_close(jumped.per_box.latents, stopped.per_box.latents, atol=0, rtol=0)
     assert not torch.equal(jumped.per_box.mask_maps, stopped.per_box.mask_maps)  # steps 6 and 7 joined the masks
     assert jumped.per_box.images.isfinite().all() and not torch.equal(jumped.per_box.images, stopped.per_box.images)
+
+
+# -- LMDConfig.per_box_guidance_scale -----------------------------------------------------------------------------
+def test_per_box_guidance_scale_one_drops_the_unconditional_half_of_the_per_box_pass(pipe, layout, config, reference):
+    result, batches = reference
+    assert LMDConfig().per_box_guidance_scale is None is LMDConfig.authors().per_box_guidance_scale
+    same = generate(pipe, layout, seed=1, config=replace(config, per_box_guidance_scale=config.guidance_scale),
+                    progress=False)
+    assert torch.equal(same.image, result.image)  # the same scale given explicitly: the same run
+    with UnetCalls(pipe.unet) as calls:
+        generate(pipe, layout, seed=1, config=replace(config, per_box_guidance_scale=1.0), progress=False)
+    n = len(layout)
+    assert calls.batches.count(2 * n) == 0 and batches.count(2 * n) == 8
+    assert calls.batches.count(n) == batches.count(n) + 8  # the per-box pass: conditional batches only
+
+
+# -- LMDConfig.per_box_uncond_every -------------------------------------------------------------------------------
+def test_per_box_uncond_every_runs_the_unconditional_half_on_every_kth_step(pipe, layout, config, reference):
+    result, batches = reference
+    assert LMDConfig().per_box_uncond_every == 1 == LMDConfig.authors().per_box_uncond_every
+    with pytest.raises(ValueError, match="per_box_uncond_every"):
+        LMDConfig(per_box_uncond_every=0)
+    with UnetCalls(pipe.unet) as calls:
+        sparse = generate(pipe, layout, seed=1, config=replace(config, per_box_uncond_every=3), progress=False)
+    n = len(layout)
+    assert calls.batches.count(2 * n) == 3  # steps 0, 3, 6 of 8
+    assert calls.batches.count(n) == batches.count(n) + 5  # the others: conditional half only
+    assert torch.equal(sparse.per_box.latents[:2], result.per_box.latents[:2])  # step 0 as before
+    assert not torch.equal(sparse.per_box.latents[2], result.per_box.latents[2])  # step 1 reuses step 0's ε_c − ε_u
+    assert sparse.per_box.mask_maps.shape == result.per_box.mask_maps.shape  # captured on every step all the same
