@@ -42,6 +42,9 @@ CAPTIONS = {
     "toyworld": ["a red circle", "a blue square", "a yellow triangle", "a green circle", "a red square"],
     "default": ["a cat", "a dog", "a red car", "a cup", "a book"],
 }
+#: Shorter captions for box counts whose prompt would not fit the text encoder (the toy world's 16 tokens hold
+#: five objects only without their colours).
+SHORT_CAPTIONS = {"toyworld": ["a circle", "a square", "a triangle"], "default": ["a cat", "a dog", "a cup"]}
 VARIANTS = {  # name: (max_batch, truncate_forward); None keeps the configuration's own value
     "ours (batched, truncated)": (None, True),
     "batched, full forward": (None, False),
@@ -70,6 +73,22 @@ def grid_layout(n: int, captions: list[str], prompt_joiner: str = " and "):
         x0, y0 = c / cols + 0.03, r / rows + 0.03
         boxes.append(Box(captions[i % len(captions)], x0, y0, x0 + 1 / cols - 0.06, y0 + 1 / rows - 0.06))
     return Layout(boxes, "", "", prompt_joiner.join(b.phrase for b in boxes))
+
+
+def fitting_layout(pipe, n: int, family: str, config):
+    """:func:`grid_layout` of ``n`` boxes with the family's captions joined by "and", else by commas, else with the
+    short captions: the first that stage 2 can run with the model's text encoder (its token limit)."""
+    from lmd_utils.layout import LayoutError
+    from lmd_utils.pipeline import check_layout
+
+    for captions, joiner in ((CAPTIONS[family], " and "), (CAPTIONS[family], ", "), (SHORT_CAPTIONS[family], ", ")):
+        layout = grid_layout(n, captions, joiner)
+        try:
+            check_layout(pipe, layout, config)
+            return layout
+        except LayoutError:
+            continue
+    raise SystemExit(f"error: {n} boxes do not fit the text encoder's {pipe.tokenizer.model_max_length} tokens")
 
 
 def load_model(model: str, device: str):
@@ -190,6 +209,7 @@ def measure(spec: dict) -> dict:
         config = replace(config, height=spec["size"], width=spec["size"])
     family = "toyworld" if spec["model"] == "toyworld" else "default"
     cuda = pipe.device.type == "cuda"
+    layout = fitting_layout(pipe, spec["boxes"], family, config) if spec["method"] != "sd" else None
 
     def plain():
         return generate_sd(pipe, "a red circle" if family == "toyworld" else "a cat", seed=0, config=config,
@@ -203,7 +223,7 @@ def measure(spec: dict) -> dict:
         cfg = replace(cfg, max_batch=max_batch if max_batch is not None else cfg.max_batch,
                       per_box_guidance=replace(cfg.per_box_guidance, truncate_forward=truncate),
                       overall_guidance=replace(cfg.overall_guidance, truncate_forward=truncate))
-        return generate(pipe, grid_layout(spec["boxes"], CAPTIONS[family]), seed=0, config=cfg, progress=False)
+        return generate(pipe, layout, seed=0, config=cfg, progress=False)
 
     def timed(f) -> float:
         t = time.perf_counter()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any, Container, Iterator, Sequence
 
@@ -59,13 +60,27 @@ class _StopForward(Exception):
 
 
 # -- layer names ----------------------------------------------------------------------------------
+_MODULES_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def cross_attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """All cross-attention ``Attention`` modules of ``unet`` by full name (``...attn2`` in SD's UNets)."""
+    """All cross-attention ``Attention`` modules of ``unet`` by full name (``...attn2`` in SD's UNets).
+
+    Found once per UNet (a walk over every module costs about a millisecond, and the loop asks on every captured
+    step); the walk is redone if a found module has left the UNet."""
+    cached = _MODULES_CACHE.get(unet)
+    if cached is not None:
+        try:
+            if all(unet.get_submodule(n) is m for n, m in cached.items()):
+                return dict(cached)
+        except AttributeError:  # a path that no longer exists
+            pass
     found = {}
     for name, module in unet.named_modules():
         if hasattr(module, "set_processor") and getattr(module, "is_cross_attention", False):
             found[name] = module
-    return found
+    _MODULES_CACHE[unet] = found
+    return dict(found)
 
 
 def resolve_layers(unet: torch.nn.Module, layers: str | Sequence[str]) -> dict[str, torch.nn.Module]:

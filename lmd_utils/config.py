@@ -183,6 +183,7 @@ class LMDConfig:
     per_box_uncond_every: the per-box pass runs classifier-free guidance's unconditional half on every k-th step only
         (0, k, 2k, ...) and between them the conditional half alone, with the last ``ε_c − ε_u`` (issue #15; ``1``,
         the authors': every step).
+    overall_uncond_every: the same for the composed pass (``1``, the authors': every step).
     max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
         as the authors' code).
     gligen_beta: ``None`` (LMD) or GLIGEN grounding in both passes, on their first ``int(β·T)`` steps (LMD+, the
@@ -244,6 +245,7 @@ class LMDConfig:
     mask_jumps: int = 0
     per_box_guidance_scale: float | None = None
     per_box_uncond_every: int = 1
+    overall_uncond_every: int = 1
     max_batch: int | None = None
     gligen_beta: float | None = None
     gligen_guidance: Literal["null", "boxes"] = "null"
@@ -264,8 +266,9 @@ class LMDConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.gligen_beta is not None and not 0.0 <= self.gligen_beta <= 1.0:
             raise ValueError(f"gligen_beta must be None or in [0, 1], got {self.gligen_beta}")
-        if self.per_box_uncond_every < 1:
-            raise ValueError(f"per_box_uncond_every must be >= 1, got {self.per_box_uncond_every}")
+        for name in ("per_box_uncond_every", "overall_uncond_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mask_jumps < 0:
             raise ValueError(f"mask_jumps must be >= 0, got {self.mask_jumps}")
         if self.mask_end_step is not None and not self.mask_start_step < self.mask_end_step <= self.num_inference_steps:
@@ -283,7 +286,7 @@ class LMDConfig:
             per_box_guidance=GuidanceConfig.authors(layers=()), overall_guidance=GuidanceConfig.authors(layers=()),
             mask_method="normalized", placement="authors", attention_transfer=True, overall_prompt="authors",
             max_batch=1, per_box_stop="end", mask_end_step=None, mask_jumps=0, per_box_guidance_scale=None,
-            per_box_uncond_every=1, box_seed_start=20,
+            per_box_uncond_every=1, overall_uncond_every=1, box_seed_start=20,
             box_rounding="authors", alignment="authors", compose_initial="authors", sam_rules="authors",
             box_order="by_phrase"), **overrides)
 

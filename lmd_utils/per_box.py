@@ -127,6 +127,9 @@ class PerBoxResult:
     references: list[dict[tuple[str, int], torch.Tensor]]
     guidance: list[BoxGuidance]  # one hook per batch of boxes (one batch unless ``max_batch`` splits them)
     guidance_layers: tuple[str, ...] | str = GUIDANCE_LAYERS
+    #: (n, C, h, w): the latents ``images`` were decoded from: ``latents[-1]``, or the x_0 estimate when the pass
+    #: stopped early (``LMDConfig.per_box_stop="needed"``); what to show as "the per-box object"
+    final_latents: torch.Tensor | None = None
 
     def energy_log(self, box: int) -> list[tuple[int, int, float]]:
         """``(step, iteration, energy)`` of box ``box``'s guidance, for plots."""
@@ -279,6 +282,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
             references.append({k: v for k, v in store.per_element_maps(e).items()
                                if k[1] in transfer_steps and k[0] in guided})
     latents_all = torch.cat(latents, dim=1)
-    images = decode_latents(pipe, torch.cat(finals).to(shared_noise.device))
+    final = torch.cat(finals).to(shared_noise.device)
+    images = decode_latents(pipe, final)
     return PerBoxResult(plan, latents_all, images, torch.cat(maps).cpu(), word_tokens, references, hooks,
-                        guidance_cfg.layers)
+                        guidance_cfg.layers, final.cpu())

@@ -1,6 +1,8 @@
 """attention.py: capture leaves the UNet untouched, records true probabilities, truncation, token indices, labels
 and localisation scores."""
 
+import copy
+
 import pytest
 import torch
 
@@ -281,3 +283,15 @@ def test_localisation_by_layer_scores_each_layer_and_step():
         localisation_by_layer(store, [[], []])
     with pytest.raises(ValueError, match="3 elements"):
         localisation_by_layer(store, [[([1], LEFT)]] * 3)
+
+
+def test_cross_attention_modules_are_found_once_and_again_when_the_unet_changes():
+    unet = build_tiny_pipeline(seed=0).unet
+    first = cross_attention_modules(unet)
+    assert cross_attention_modules(unet) == first and cross_attention_modules(unet) is not first  # a copy each time
+    name = next(iter(first))
+    parent, _, child = name.rpartition(".")
+    replacement = copy.deepcopy(first[name])
+    setattr(unet.get_submodule(parent), child, replacement)  # a module swapped after the first walk
+    assert cross_attention_modules(unet)[name] is replacement
+

@@ -253,3 +253,29 @@ def test_per_box_uncond_every_runs_the_unconditional_half_on_every_kth_step(pipe
     assert torch.equal(sparse.per_box.latents[:2], result.per_box.latents[:2])  # step 0 as before
     assert not torch.equal(sparse.per_box.latents[2], result.per_box.latents[2])  # step 1 reuses step 0's ε_c − ε_u
     assert sparse.per_box.mask_maps.shape == result.per_box.mask_maps.shape  # captured on every step all the same
+
+
+# -- LMDConfig.overall_uncond_every --------------------------------------------------------------------------------
+def test_overall_uncond_every_runs_the_composed_pass_unconditional_half_on_every_kth_step(pipe, layout, config,
+                                                                                      reference):
+    result, batches = reference
+    assert LMDConfig().overall_uncond_every == 1 == LMDConfig.authors().overall_uncond_every
+    with pytest.raises(ValueError, match="overall_uncond_every"):
+        LMDConfig(overall_uncond_every=0)
+    with UnetCalls(pipe.unet) as calls:
+        sparse = generate(pipe, layout, seed=1, config=replace(config, overall_uncond_every=2), progress=False)
+    assert batches.count(2) - calls.batches.count(2) == 4  # steps 1, 3, 5, 7 of 8: conditional half alone ...
+    assert calls.batches.count(1) - batches.count(1) == 4  # ... a batch of one
+    torch.testing.assert_close(sparse.per_box.latents, result.per_box.latents, atol=0, rtol=0)  # per-box untouched
+    assert torch.equal(sparse.overall_latents[1], result.overall_latents[1]) and not torch.equal(sparse.image,
+                                                                                                   result.image)
+
+
+# -- PerBoxResult.final_latents -------------------------------------------------------------------------------------
+def test_final_latents_are_what_the_per_box_images_show(pipe, layout, config, reference):
+    result, _ = reference
+    torch.testing.assert_close(result.per_box.final_latents, result.per_box.latents[-1].cpu(), atol=0, rtol=0)
+    stopped = generate(pipe, layout, seed=1, config=replace(config, per_box_stop="needed"), progress=False).per_box
+    assert stopped.latents.shape[0] < result.per_box.latents.shape[0]
+    assert not torch.equal(stopped.final_latents, stopped.latents[-1].cpu())  # the x_0 estimate, not x_t
+    torch.testing.assert_close(decode_latents(pipe, stopped.final_latents), stopped.images, atol=1e-5, rtol=0)

@@ -83,7 +83,7 @@ def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 
                                  boxes=per_box.plan.generation_boxes, pixel_space=pixel_space)
     if view == "masks and alignment":
         masks = torch.stack([m.latent_mask for m in result.masks])
-        return alignment_figure(per_box.latents[-1], masks, result.aligned, layout.boxes,
+        return alignment_figure(per_box.final_latents, masks, result.aligned, layout.boxes,
                                 per_box.plan.generation_boxes, pixel_space=pixel_space)
     if view == "composed vs overall":
         frozen = result.frozen_steps
