@@ -70,6 +70,10 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: energies cost 2.0× plain sampling at 1 box and 3.0× at 3 boxes (the settings here: 2.4× and 3.3–3.8×) and
 #: scored as these on the calibration seeds (20 per task: 90.0 / 87.5 %), but 89.0 % (seeds 0+) and 88.5 % (5000+)
 #: on 100 prompts per task, against 90.8 % and 91.5 %: numeracy loses most (82 and 78 % against 87 and 91 %).
+#: Lower already on the calibration seeds (10000+ / 11000+, each on top of that combination): per-box pass without
+#: CFG 81.3 / 86.3 %, unconditional half every 3rd step 88.8 / 83.8 %, per-box guidance on 5 steps 86.3 / 85.0 %,
+#: one mask jump 87.5 % (10000+), the composed pass's unconditional half on every other step 88.8 / 85.0 %; the
+#: early stop without jumps 86.3 / 81.3 %.
 TOYWORLD_LMD_CONFIG: dict = {
     "num_inference_steps": 15,
     "guidance_scale": 4.0,
