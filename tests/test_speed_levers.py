@@ -239,14 +239,20 @@ def test_per_box_guidance_scale_one_drops_the_unconditional_half_of_the_per_box_
     assert calls.batches.count(n) == batches.count(n) + 8  # the per-box pass: conditional batches only
 
 
-# -- LMDConfig.per_box_uncond_every -------------------------------------------------------------------------------
+# -- LMDConfig.per_box_uncond_every, overall_uncond_every ------------------------------------------------------
+def sparse_cfg_run(pipe, layout, config, field: str, every: int):
+    """The field is 1 by default and for the authors, must be >= 1; the run with ``every`` and its UNet batches."""
+    assert getattr(LMDConfig(), field) == 1 == getattr(LMDConfig.authors(), field)
+    with pytest.raises(ValueError, match=field):
+        LMDConfig(**{field: 0})
+    with UnetCalls(pipe.unet) as calls:
+        result = generate(pipe, layout, seed=1, config=replace(config, **{field: every}), progress=False)
+    return result, calls
+
+
 def test_per_box_uncond_every_runs_the_unconditional_half_on_every_kth_step(pipe, layout, config, reference):
     result, batches = reference
-    assert LMDConfig().per_box_uncond_every == 1 == LMDConfig.authors().per_box_uncond_every
-    with pytest.raises(ValueError, match="per_box_uncond_every"):
-        LMDConfig(per_box_uncond_every=0)
-    with UnetCalls(pipe.unet) as calls:
-        sparse = generate(pipe, layout, seed=1, config=replace(config, per_box_uncond_every=3), progress=False)
+    sparse, calls = sparse_cfg_run(pipe, layout, config, "per_box_uncond_every", 3)
     n = len(layout)
     assert calls.batches.count(2 * n) == 3  # steps 0, 3, 6 of 8
     assert calls.batches.count(n) == batches.count(n) + 5  # the others: conditional half only
@@ -255,15 +261,10 @@ def test_per_box_uncond_every_runs_the_unconditional_half_on_every_kth_step(pipe
     assert sparse.per_box.mask_maps.shape == result.per_box.mask_maps.shape  # captured on every step all the same
 
 
-# -- LMDConfig.overall_uncond_every --------------------------------------------------------------------------------
 def test_overall_uncond_every_runs_the_composed_pass_unconditional_half_on_every_kth_step(pipe, layout, config,
                                                                                       reference):
     result, batches = reference
-    assert LMDConfig().overall_uncond_every == 1 == LMDConfig.authors().overall_uncond_every
-    with pytest.raises(ValueError, match="overall_uncond_every"):
-        LMDConfig(overall_uncond_every=0)
-    with UnetCalls(pipe.unet) as calls:
-        sparse = generate(pipe, layout, seed=1, config=replace(config, overall_uncond_every=2), progress=False)
+    sparse, calls = sparse_cfg_run(pipe, layout, config, "overall_uncond_every", 2)
     assert batches.count(2) - calls.batches.count(2) == 4  # steps 1, 3, 5, 7 of 8: conditional half alone ...
     assert calls.batches.count(1) - batches.count(1) == 4  # ... a batch of one
     torch.testing.assert_close(sparse.per_box.latents, result.per_box.latents, atol=0, rtol=0)  # per-box untouched
