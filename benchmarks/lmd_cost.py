@@ -260,8 +260,11 @@ def measure(spec: dict) -> dict:
 
 def measure_in_subprocess(spec: dict) -> dict:
     out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"measurement {spec} failed:\n{out.stderr[-2000:]}")
+    if out.returncode != 0:  # the child's own `error:` line if it printed one, else its last line
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()] or ["(no output)"]
+        said = next((line for line in reversed(lines) if line.startswith("error: ")), None)
+        raise SystemExit(said or f"error: the measurement of {spec.get('method')} at {spec.get('boxes', '-')} "
+                                 f"boxes failed: {lines[-1][:300]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -301,6 +304,14 @@ def main() -> int:
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
         return 0
+    if min(args.boxes) < 1 or args.repeats < 1:
+        raise SystemExit("error: --boxes and --repeats must be >= 1")
+    from lmd_utils.config import LMDConfig
+
+    try:  # a misspelt field or a value the config refuses: one line now, not after minutes of measuring
+        with_settings(LMDConfig(), args.settings)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: --set: {e}")
     base = dict(model=args.model, device=args.device, steps=args.steps, size=args.size, repeats=args.repeats)
     sd = measure_in_subprocess({**base, "method": "sd"})
     print(f"model {args.model} on {args.device}: plain sampling {sd['seconds']:.2f} s, peak {sd['peak_mib']:.0f} MiB"
