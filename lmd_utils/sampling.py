@@ -128,7 +128,8 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     the per-box pass stops once the composition has what it reads, ``LMDConfig.per_box_stop``); the result's
     ``latents`` are then x_t of the step reached and ``predicted_x0`` the scheduler's x_0 estimate there.
     ``uncond_every`` > 1 runs the unconditional half only on every ``uncond_every``-th step (0, k, 2k, ...); the
-    steps between run the conditional half alone and reuse the last ``ε_c − ε_u`` (``LMDConfig.per_box_uncond_every``).
+    steps between run the conditional half alone and reuse the last ``ε_c − ε_u`` (``LMDConfig.per_box_uncond_every``,
+    ``overall_uncond_every``); ``guidance_rescale`` applies on the steps with both halves only.
     Same inputs (and ``generator`` for stochastic schedulers) give identical tensors.
     """
     if latents.ndim != 4:

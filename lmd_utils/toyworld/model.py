@@ -67,7 +67,7 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: Speed switches (``benchmarks/lmd_cost.py``) are not in these settings, because the fastest combination tried
 #: loses score: the per-box pass stopped after the frozen steps (``per_box_stop="needed"``, 7 of 15) with 2 mask
 #: jumps, CFG's unconditional half on every other per-box step, one guidance iteration per step and batched
-#: energies cost 2.0× plain sampling at 1 box and 3.0× at 3 boxes (the settings here: 2.4× and 3.3–3.8×) and
+#: energies cost 2.0× plain sampling at 1 box and 3.0× at 3 boxes (the settings here: 2.8× and 4.3×) and
 #: scored as these on the calibration seeds (20 per task: 90.0 / 87.5 %), but 89.0 % (seeds 0+) and 88.5 % (5000+)
 #: on 100 prompts per task, against 90.8 % and 91.5 %: numeracy loses most (82 and 78 % against 87 and 91 %).
 #: Lower already on the calibration seeds (10000+ / 11000+, each on top of that combination): per-box pass without
