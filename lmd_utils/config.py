@@ -166,15 +166,15 @@ class LMDConfig:
         to the authors' form.
     per_box_stop: how long the per-box pass runs (issue #15): ``"end"`` (the default, as the authors: all T steps) or
         ``"needed"``: it stops after the last step anything reads, ``max(frozen_step_count(T, frozen_ratio),
-        mask_end_step`` (without ``mask_jumps``) ``or mask_start_step + 1, overall_guidance.guidance_steps`` (with
-        attention transfer: its references)``)`` steps (:func:`~lmd_utils.per_box.per_box_step_count`; toy world: 7
+        mask_end_step or mask_start_step + 1`` (without ``mask_jumps``: they reach the mask window from the stop)``,
+        overall_guidance.guidance_steps`` (with attention transfer: its references)``)`` steps (:func:`~lmd_utils.per_box.per_box_step_count`; toy world: 7
         of 15); its per-box images (what SAM refines, what the notebooks show) are the scheduler's x_0 estimate there.
     mask_end_step: the mask attention is averaged over steps ``mask_start_step..mask_end_step−1``; ``None`` (authors):
         up to the last step the per-box pass runs (T with ``per_box_stop="end"``).  With ``"needed"`` a later end
         makes the pass run longer, for masks from later (sharper) attention, unless ``mask_jumps`` reach it.
     mask_jumps: with ``per_box_stop="needed"``, the rest of the mask window (up to ``mask_end_step``, else T) is not
         run step by step but reached by this many deterministic DDIM jumps from the stopped pass's x_0 estimate, evenly
-        spaced and ending at the window's last step, each one conditional UNet forward whose attention joins the masks
+        spaced over the window's steps after the stop (``max(stop, mask_start_step)`` on) and ending at its last step, each one conditional UNet forward whose attention joins the masks
         (:func:`~lmd_utils.per_box.jump_for_masks`; issue #15: late, sharp attention at a fraction of the steps).
         0 (default): no jumps.
     per_box_guidance_scale: classifier-free guidance scale of the per-box pass; ``None`` (authors): ``guidance_scale``.

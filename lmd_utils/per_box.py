@@ -164,19 +164,24 @@ def per_box_step_count(config: LMDConfig) -> int:
     if config.per_box_stop == "end":
         return steps
     transfer = config.overall_guidance.guidance_steps if config.attention_transfer else 0
-    masks = config.mask_start_step + 1 if config.mask_jumps or not config.mask_end_step else config.mask_end_step
+    if config.mask_jumps:
+        masks = 0  # the jumps reach the mask window from wherever the pass stops
+    else:
+        masks = config.mask_end_step or config.mask_start_step + 1
     return min(steps, max(frozen_step_count(steps, config.frozen_ratio), masks, transfer, 1))
 
 
 def mask_jump_steps(config: LMDConfig, run_steps: int) -> list[int]:
-    """The steps ``LMDConfig.mask_jumps`` reaches after a stopped pass: that many, evenly spaced over the rest of the
-    mask window (``run_steps..mask_end_step−1``, else ``..T−1``), the last one included."""
+    """The steps ``LMDConfig.mask_jumps`` reaches after a stopped pass: that many, evenly spaced over the part of
+    the mask window the pass did not run (``max(run_steps, mask_start_step)..mask_end_step−1``, else ``..T−1``), the
+    last one included."""
     end = config.mask_end_step or config.num_inference_steps
-    span = end - run_steps
+    first = max(run_steps, config.mask_start_step)
+    span = end - first
     if config.per_box_stop != "needed" or config.mask_jumps < 1 or span < 1:
         return []
     jumps = min(config.mask_jumps, span)
-    return sorted({run_steps - 1 + round((i + 1) * span / jumps) for i in range(jumps)})
+    return sorted({first - 1 + round((i + 1) * span / jumps) for i in range(jumps)})
 
 
 @torch.no_grad()

@@ -206,6 +206,12 @@ def test_mask_jump_steps_spread_over_the_rest_of_the_window(config):
     assert mask_jump_steps(replace(fast, mask_jumps=9), 5) == [5, 6, 7]  # at most every step left
     assert mask_jump_steps(replace(fast, mask_jumps=1, mask_end_step=7), 5) == [6]
     assert per_box_step_count(replace(fast, mask_jumps=1, mask_end_step=7)) == 5  # jumps: no longer pass
+    # a mask window that starts after the stop: the jumps reach it, the pass does not run on to it
+    late = replace(fast, mask_jumps=2, mask_start_step=6, overall_guidance=replace(fast.overall_guidance,
+                                                                                   guidance_steps=3))
+    assert per_box_step_count(late) == 4  # the frozen steps alone (without jumps: mask_start_step + 1 = 7)
+    assert per_box_step_count(replace(late, mask_jumps=0)) == 7
+    assert mask_jump_steps(late, 4) == [6, 7] and mask_jump_steps(replace(late, mask_jumps=1), 4) == [7]
     assert LMDConfig().mask_jumps == 0 == LMDConfig.authors().mask_jumps
     with pytest.raises(ValueError, match="mask_jumps"):
         LMDConfig(mask_jumps=-1)
