@@ -184,6 +184,18 @@ def mask_jump_steps(config: LMDConfig, run_steps: int) -> list[int]:
     return sorted({first - 1 + round((i + 1) * span / jumps) for i in range(jumps)})
 
 
+def mask_steps(config: LMDConfig) -> list[int]:
+    """The steps whose object-word attention the masks average: ``mask_start_step`` up to ``mask_end_step`` (else
+    the last step the per-box pass runs), and the steps ``mask_jumps`` reach after a stopped pass."""
+    run_steps = per_box_step_count(config)
+    return sorted(_mask_window(config, run_steps) | set(mask_jump_steps(config, run_steps)))
+
+
+def _mask_window(config: LMDConfig, run_steps: int) -> set[int]:
+    """The mask window's steps the per-box pass runs (without the jumps)."""
+    return set(range(config.mask_start_step, min(config.mask_end_step or run_steps, run_steps)))
+
+
 @torch.no_grad()
 def jump_for_masks(pipe, latents: torch.Tensor, x0: torch.Tensor, num_steps: int, start: int, targets: list[int],
                    cond: torch.Tensor, store: AttentionStore) -> torch.Tensor:
@@ -246,7 +258,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
     #    composed pass will transfer
     transfer_steps = set(range(config.overall_guidance.guidance_steps)) if config.attention_transfer else set()
     run_steps = per_box_step_count(config)  # T, or fewer with per_box_stop="needed"
-    mask_steps = set(range(config.mask_start_step, min(config.mask_end_step or run_steps, run_steps)))
+    window = _mask_window(config, run_steps)
     jumps = mask_jump_steps(config, run_steps)  # LMDConfig.mask_jumps: the rest of the mask window, jumped to
     layers = [mask_layers] if isinstance(mask_layers, str) else list(mask_layers)
     if config.attention_transfer:
@@ -264,7 +276,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
         grounding = [] if config.gligen_beta is None else [  # LMD+; first: the guidance runs the UNet too
             GligenGrounding([[b] for b in plan.generation_boxes[sl]], config.gligen_beta, config.gligen_guidance)]
         store = AttentionStore(layers=layers, keep="cond", token_indices=[[t] for t in word_tokens[sl]],
-                               steps=mask_steps | transfer_steps)
+                               steps=window | transfer_steps)
         scale = config.guidance_scale if config.per_box_guidance_scale is None else config.per_box_guidance_scale
         result = denoise(pipe, start[sl], cond[sl], uncond, config.num_inference_steps, scale,
                          hooks=[*grounding, hook], attention_store=store, keep_latents=True, progress=progress,
@@ -280,7 +292,7 @@ def run_per_box(pipe, layout: Layout, seed: int, config: LMDConfig, shared_noise
             finals.append(x0)  # stopped early: the images are the x_0 estimate
         else:
             finals.append(result.latents)
-        maps.append(store.aggregate(layers=mask_layers, steps=mask_steps | set(jumps if x0 is not None else ())
+        maps.append(store.aggregate(layers=mask_layers, steps=window | set(jumps if x0 is not None else ())
                                     )[:, 0])  # (chunk, h', w'), word token
         guided = {r.layer for r in store.select(guidance_cfg.layers)}
         for e in range(sl.stop - sl.start):

@@ -130,7 +130,7 @@ def generate(pipe, layout: Layout, seed: int = 0, config: LMDConfig | None = Non
     overall = denoise(pipe, composed[0:1].to(shared.device, shared.dtype), encode_prompts(pipe, [prompt]),
                       encode_prompts(pipe, [negative]), config.num_inference_steps, config.guidance_scale,
                       hooks=[*grounding, guidance, frozen], keep_latents=True, progress=progress,
-                      uncond_every=config.overall_uncond_every)
+                      uncond_every=config.overall_uncond_every, uncond_from=config.overall_uncond_from)
 
     # 5. decode
     image = decode_latents(pipe, overall.latents)[0]

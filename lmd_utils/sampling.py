@@ -112,7 +112,8 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
             num_inference_steps: int = 50, guidance_scale: float = 7.5, scheduler=None, hooks: Sequence = (),
             attention_store: AttentionStore | None = None, progress: bool = True,
             generator: torch.Generator | None = None, keep_latents: bool = False, eta: float = 0.0,
-            guidance_rescale: float = 0.0, max_steps: int | None = None, uncond_every: int = 1) -> DenoiseResult:
+            guidance_rescale: float = 0.0, max_steps: int | None = None, uncond_every: int = 1,
+            uncond_from: int = 0) -> DenoiseResult:
     """Sample from x_T = ``latents`` with classifier-free guidance, calling ``hooks`` around each step.
 
     ``latents`` is unit-variance noise ``(B, C, h, w)`` (see :func:`~lmd_utils.models.initial_noise`); it is
@@ -129,7 +130,9 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     ``latents`` are then x_t of the step reached and ``predicted_x0`` the scheduler's x_0 estimate there.
     ``uncond_every`` > 1 runs the unconditional half only on every ``uncond_every``-th step (0, k, 2k, ...); the
     steps between run the conditional half alone and reuse the last ``ε_c − ε_u`` (``LMDConfig.per_box_uncond_every``,
-    ``overall_uncond_every``); ``guidance_rescale`` applies on the steps with both halves only.
+    ``overall_uncond_every``); ``uncond_from`` runs both halves on every step before it and counts the ``k`` from
+    there (``uncond_from, uncond_from + k, ...``; ``LMDConfig.overall_uncond_from``); ``guidance_rescale`` applies on
+    the steps with both halves only.
     Same inputs (and ``generator`` for stochastic schedulers) give identical tensors.
     """
     if latents.ndim != 4:
@@ -166,6 +169,8 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     predicted = delta = None
     if uncond_every < 1:
         raise ValueError(f"uncond_every must be >= 1, got {uncond_every}")
+    if uncond_from < 0:
+        raise ValueError(f"uncond_from must be >= 0, got {uncond_from}")
     with contextlib.ExitStack() as attached:  # hooks acting on the model for the whole run (see the module docstring)
         for hook in hooks:
             if hasattr(hook, "attach"):
@@ -176,7 +181,8 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
                               latents_history=history, extras=extras)
             latents = _call_hooks(hooks, "before_step", state)
 
-            reuse = do_cfg and delta is not None and i % uncond_every != 0  # cond half only, the last CFG delta
+            # cond half only, with the last CFG delta, between every uncond_every-th step from uncond_from on
+            reuse = do_cfg and delta is not None and i > uncond_from and (i - uncond_from) % uncond_every != 0
             both = do_cfg and not reuse
             model_in = torch.cat([latents] * 2) if both else latents
             model_in = sched.scale_model_input(model_in, t)

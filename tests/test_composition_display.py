@@ -75,6 +75,16 @@ def test_frozen_steps_figure_shows_where_the_estimates_agree():
     assert all(float(d[union.numpy()].max()) > 0 for d in difference[F:])  # afterwards: its own
     assert difference[0].mask[~union.numpy()].all()  # outside the masks the difference means nothing: not drawn
 
+    # a per-box pass stopped after step F + 1 (LMDConfig.per_box_stop="needed"): x̂₀ of its steps, then nothing
+    fig = frozen_steps_figure(composed[: F + 2], overall, union, F, steps=list(range(T + 1)), alphas=alphas)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    titles = [ax.get_title() for ax in panels[: T + 1]]
+    assert titles[: F + 1] == [f"step {k} · frozen" for k in range(1, F + 1)] + [f"step {F + 1}"]
+    assert all(t.endswith("(per-box pass stopped)") for t in titles[F + 1:])
+    difference = [ax.images[0].get_array() for ax in panels[2 * (T + 1):]]
+    assert all(float(d[union.numpy()].max()) == 0 for d in difference[:F])
+    assert all(d.mask.all() for d in difference[F + 1:])  # no per-box estimate there: nothing to compare
+
 
 def test_placement_comparison_figure_titles_the_mean_distance():
     images = {"LMD": torch.rand(3, 32, 32), "plain": torch.rand(3, 32, 32)}

@@ -83,6 +83,21 @@ def test_views_show_what_they_say(pixel_result):
         result_figure(pixel_result, "attention of the cat")
 
 
+def test_composed_view_of_a_stopped_per_box_pass_runs_to_the_end():
+    """per_box_stop="needed": the composed trajectory is shorter; the view still ends at the image's last step."""
+    from dataclasses import replace
+
+    pipe = build_tiny_pipeline(seed=0, pixel_space=True, sample_size=16)
+    config = replace(_config(pipe, 16).with_steps(8), per_box_stop="needed")
+    result = generate(pipe, LAYOUT, seed=1, config=config, progress=False)
+    assert result.composed_latents.shape[0] < result.overall_latents.shape[0] == 9
+    for scheduler in (None, pipe.scheduler):
+        fig = result_figure(result, "composed vs overall", scheduler=scheduler)
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        assert titles[-1].startswith("end") and titles[-1].endswith("(per-box pass stopped)")
+        assert "of 8 steps" in fig._suptitle.get_text()
+
+
 def test_result_explorer_redraws_the_chosen_view(pixel_result):
     pytest.importorskip("ipywidgets")
     box = result_explorer(pixel_result)

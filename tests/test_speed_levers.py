@@ -197,7 +197,7 @@ def test_mask_end_step_averages_only_its_window(pipe, layout, config, reference)
 
 # -- LMDConfig.mask_jumps ---------------------------------------------------------------------------------------
 def test_mask_jump_steps_spread_over_the_rest_of_the_window(config):
-    from lmd_utils.per_box import mask_jump_steps
+    from lmd_utils.per_box import mask_jump_steps, mask_steps
 
     fast = replace(config, per_box_stop="needed")
     assert mask_jump_steps(fast, 5) == [] and mask_jump_steps(replace(config, mask_jumps=2), 8) == []  # off / "end"
@@ -212,6 +212,8 @@ def test_mask_jump_steps_spread_over_the_rest_of_the_window(config):
     assert per_box_step_count(late) == 4  # the frozen steps alone (without jumps: mask_start_step + 1 = 7)
     assert per_box_step_count(replace(late, mask_jumps=0)) == 7
     assert mask_jump_steps(late, 4) == [6, 7] and mask_jump_steps(replace(late, mask_jumps=1), 4) == [7]
+    assert mask_steps(late) == [6, 7] and mask_steps(replace(fast, mask_jumps=2)) == [2, 3, 4, 6, 7]
+    assert mask_steps(config) == list(range(config.mask_start_step, 8))  # the full pass: its window
     assert LMDConfig().mask_jumps == 0 == LMDConfig.authors().mask_jumps
     with pytest.raises(ValueError, match="mask_jumps"):
         LMDConfig(mask_jumps=-1)
@@ -276,6 +278,23 @@ def test_overall_uncond_every_runs_the_composed_pass_unconditional_half_on_every
     torch.testing.assert_close(sparse.per_box.latents, result.per_box.latents, atol=0, rtol=0)  # per-box untouched
     assert torch.equal(sparse.overall_latents[1], result.overall_latents[1]) and not torch.equal(sparse.image,
                                                                                                    result.image)
+
+
+def test_overall_uncond_from_keeps_both_halves_before_it_and_counts_from_it(pipe, layout, config, reference):
+    result, batches = reference
+    assert LMDConfig().overall_uncond_from == 0 == LMDConfig.authors().overall_uncond_from
+    with pytest.raises(ValueError, match="overall_uncond_from"):
+        LMDConfig(overall_uncond_from=-1)
+    late = replace(config, overall_uncond_every=2, overall_uncond_from=4)
+    with UnetCalls(pipe.unet) as calls:
+        sparse = generate(pipe, layout, seed=1, config=late, progress=False)
+    assert batches.count(2) - calls.batches.count(2) == 2  # steps 5 and 7 of 8: conditional half alone
+    assert calls.batches.count(1) - batches.count(1) == 2
+    assert torch.equal(sparse.overall_latents[5], result.overall_latents[5])  # steps 0..4 as before
+    assert not torch.equal(sparse.overall_latents[6], result.overall_latents[6])  # step 5 reuses step 4's delta
+    same = generate(pipe, layout, seed=1, config=replace(config, overall_uncond_from=4), progress=False)
+    assert torch.equal(same.image, result.image)  # without overall_uncond_every it changes nothing
+    assert replace(late, num_inference_steps=8).with_steps(16).overall_uncond_from == 8
 
 
 # -- PerBoxResult.final_latents -------------------------------------------------------------------------------------

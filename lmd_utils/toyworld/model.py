@@ -64,16 +64,20 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: ``mask_method="object"`` (:func:`~lmd_utils.masks.threshold_object_mask`): the threshold route's mask follows the
 #: object over its box's edge (the toy model often draws it a few pixels off the box); the toy benchmark itself
 #: refines the masks with the toy world's SAM stand-in (:mod:`lmd_utils.toyworld.segment`).
-#: Speed switches (``benchmarks/lmd_cost.py``) are not in these settings, because the fastest combination tried
-#: loses score: the per-box pass stopped after the frozen steps (``per_box_stop="needed"``, 7 of 15) with 2 mask
-#: jumps, CFG's unconditional half on every other per-box step, one guidance iteration per step and batched
-#: energies cost 2.0× plain sampling at 1 box and 3.0× at 3 boxes (the settings here: 2.8× and 4.3×) and
-#: scored as these on the calibration seeds (20 per task: 90.0 / 87.5 %), but 89.0 % (seeds 0+) and 88.5 % (5000+)
-#: on 100 prompts per task, against 90.8 % and 91.5 %: numeracy loses most (82 and 78 % against 87 and 91 %).
-#: Lower already on the calibration seeds (10000+ / 11000+, each on top of that combination): per-box pass without
-#: CFG 81.3 / 86.3 %, unconditional half every 3rd step 88.8 / 83.8 %, per-box guidance on 5 steps 86.3 / 85.0 %,
-#: one mask jump 87.5 % (10000+), the composed pass's unconditional half on every other step 88.8 / 85.0 %; the
-#: early stop without jumps 86.3 / 81.3 %.
+#: Speed switches (issue #15, ``benchmarks/lmd_cost.py``; Stable Diffusion's defaults keep the authors' algorithm):
+#: the per-box pass stops after the 7 frozen steps (``per_box_stop="needed"``) and reaches the mask window by 2
+#: DDIM jumps to steps 10 and 14 (``mask_jumps=2``, ``mask_start_step=7``: masks from late attention only, as
+#: close to the per-box object as the full pass's, mask IoU 0.719 vs 0.720 on 169 objects, where jumps added to
+#: steps 3–6 gave 0.680); CFG's unconditional half on every other per-box step and on every other composed step
+#: after the frozen ones (``per_box_uncond_every=2``, ``overall_uncond_every=2``, ``overall_uncond_from=7``); one
+#: per-box guidance iteration per step; batched energies.  Cost 1.97× plain sampling at 1 box and 2.91× at 3 boxes
+#: (the settings before: 2.8× and 4.3×).  Toy benchmark, 100 prompts per task (LMD average, these / before):
+#: seeds 0+ 90.5 / 90.8 %, 5000+ 90.5 / 91.5 %, 20000+ 86.5 / 87.2 %.  Tried on the way, on the same seeds (0+ / 5000+): the same with
+#: the composed pass's unconditional half on every other step from step 0: 89.2 / 89.0 % (20000+: 86.5 %;
+#: numeracy 80 / 85 %);
+#: without the composed pass's sparse CFG (2.13× / 3.11×): 90.0 / 90.8 %; the early stop and late masks alone
+#: (no other switch): 91.0 / 90.0 %; masks from steps 3–6 plus 2 jumps (with the sparse per-box CFG and one
+#: iteration): 89.0 / 88.5 %.
 TOYWORLD_LMD_CONFIG: dict = {
     "num_inference_steps": 15,
     "guidance_scale": 4.0,
@@ -81,13 +85,18 @@ TOYWORLD_LMD_CONFIG: dict = {
     "overall_prompt": "source",
     "per_box_negative_prompt": "",
     "overall_negative_prompt": "",
-    "per_box_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [2, 2, 1, 1, 1, 1, 1, 1],
-                         "guidance_steps": 8, "layers": list(TOYWORLD_ENCODER_LAYERS)},
+    "per_box_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 8,
+                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True},
     "overall_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 6,
-                         "layers": list(TOYWORLD_ENCODER_LAYERS)},
-    "mask_start_step": 3,
+                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True},
+    "mask_start_step": 7,
     "mask_method": "object",
     "frozen_ratio": 0.5,
+    "per_box_stop": "needed",
+    "mask_jumps": 2,
+    "per_box_uncond_every": 2,
+    "overall_uncond_every": 2,
+    "overall_uncond_from": 7,
 }
 
 

@@ -87,7 +87,7 @@ def frozen_steps_figure(
     where they differ inside the masks.
 
     ``composed`` and ``overall`` ``(T + 1, C, h, w)`` (or ``(T + 1, 1, C, h, w)``) are kept trajectories, entry 0
-    the start noise; ``union_mask`` ``(h, w)`` is outlined on every panel.  With ``alphas`` (from
+    the start noise (``composed`` may be shorter: a per-box pass stopped early, whose later columns say so); ``union_mask`` ``(h, w)`` is outlined on every panel.  With ``alphas`` (from
     :func:`~lmd_utils.composition.ddim_alphas`) the rows show the **denoised estimate x̂₀** of each step
     (:func:`~lmd_utils.composition.denoised_trajectory`): the picture each step is heading for, which raw ``x_t``,
     mostly noise in the first steps, hides.  Without, they show ``x_t``.  ``steps`` are entries of the trajectories;
@@ -99,22 +99,32 @@ def frozen_steps_figure(
     """
     if overall.ndim == 5:
         overall = overall[:, 0]
-    if composed.shape != overall.shape:
+    if composed.shape[1:] != overall.shape[1:] or composed.shape[0] > overall.shape[0]:
         raise ValueError(f"composed {tuple(composed.shape)} and overall {tuple(overall.shape)} differ")
-    entries = composed.shape[0]
+    composed_entries = composed.shape[0]  # fewer than overall's if the per-box pass stopped early (per_box_stop)
+    entries = overall.shape[0]
     chosen = evenly_spaced_steps(entries, steps) if isinstance(steps, int) else list(steps)
     if not chosen or min(chosen) < 0 or max(chosen) >= entries:
         raise ValueError(f"steps {chosen} outside 0..{entries - 1}")
     composed, overall = composed.detach().float().cpu(), overall.detach().float().cpu()
     if alphas is not None:
-        composed, overall = denoised_trajectory(composed, alphas), denoised_trajectory(overall, alphas)
+        overall = denoised_trajectory(overall, alphas)
+        if composed_entries < entries:  # x̂₀ of the steps the stopped pass ran (its last x_t has no next entry)
+            composed_entries -= 1
+            composed = denoised_trajectory(composed, tuple(a[:composed_entries] for a in alphas))[:-1]
+        else:
+            composed = denoised_trajectory(composed, alphas)
     what = "x̂₀" if alphas is not None else "x_t"
     inside = union_mask.detach().cpu().bool()
     h, w = composed.shape[-2:]
-    rgb_composed = latents_to_rgb(composed[chosen], pixel_space).clone()
+    ran = torch.tensor([k < composed_entries for k in chosen])
+    shown_composed = composed[[min(k, composed_entries - 1) for k in chosen]]
+    rgb_composed = latents_to_rgb(shown_composed, pixel_space).clone()
     rgb_composed[:, ~inside] = 0.85  # the composed latents outside the masks are never used
-    difference = (overall[chosen] - composed[chosen]).abs().mean(dim=1)  # (k, h, w), mean over channels
-    top = float(difference[:, inside].max()) if inside.any() else 0.0
+    rgb_composed[~ran] = 0.85  # steps the per-box pass did not run (LMDConfig.per_box_stop)
+    difference = (overall[chosen] - shown_composed).abs().mean(dim=1)  # (k, h, w), mean over channels
+    difference[~ran] = float("nan")
+    top = float(difference[ran][:, inside].max()) if inside.any() and ran.any() else 0.0
     rows = ((f"composed per-box {what}", rgb_composed), (f"composed generation {what}",
                                                          latents_to_rgb(overall[chosen], pixel_space)))
     fig = Figure(figsize=(size * len(chosen) + 1.2, 3 * size + 0.9), layout="constrained")
@@ -129,7 +139,8 @@ def frozen_steps_figure(
             ax = axes[r, c]
             ax.imshow(rgb[c].numpy(), extent=(0, w, h, 0), interpolation="nearest")
             outline_mask(ax, m, h, w, colour="0.1", linewidth=0.9, halo="white")
-            frame_axes(ax, h, w, (name + (" · frozen" if frozen else "")) if r == 0 else "")
+            label = name + (" · frozen" if frozen else "") + ("" if ran[c] else "\n(per-box pass stopped)")
+            frame_axes(ax, h, w, label if r == 0 else "")
         ax = axes[2, c]
         shown = difference[c].masked_fill(~inside, float("nan")).numpy()
         image = ax.imshow(shown, extent=(0, w, h, 0), interpolation="nearest", cmap=cmap, vmin=0, vmax=top or 1.0)

@@ -86,13 +86,11 @@ def result_figure(result: LMDResult, view: str = "per-box images", steps: int = 
         return alignment_figure(per_box.final_latents, masks, result.aligned, layout.boxes,
                                 per_box.plan.generation_boxes, pixel_space=pixel_space)
     if view == "composed vs overall":
-        frozen = result.frozen_steps
-        T = result.composed_latents.shape[0] - 1  # all steps, or where the per-box pass stopped (per_box_stop)
-        alphas = ddim_alphas(scheduler, result.config.num_inference_steps) if scheduler is not None else None
-        alphas = None if alphas is None else (alphas[0][:T], alphas[1][:T])
+        frozen, T = result.frozen_steps, result.config.num_inference_steps
+        alphas = ddim_alphas(scheduler, T) if scheduler is not None else None
         shown = ({0, frozen // 2, max(frozen - 1, 0), frozen, min(frozen + 2, T), T} if alphas is not None
                  else {0, 1, max(frozen // 2, 1), frozen, min(frozen + 2, T), T})
-        return frozen_steps_figure(result.composed_latents, result.overall_latents[:T + 1], result.union_mask,
+        return frozen_steps_figure(result.composed_latents, result.overall_latents, result.union_mask,
                                    frozen, steps=sorted(shown), pixel_space=pixel_space, alphas=alphas)
     curves = {f"alone: {phrase}": per_box.energy_log(i) for i, phrase in enumerate(layout.phrases)}
     if result.overall_guidance is not None:
