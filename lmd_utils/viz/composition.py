@@ -87,7 +87,8 @@ def frozen_steps_figure(
     where they differ inside the masks.
 
     ``composed`` and ``overall`` ``(T + 1, C, h, w)`` (or ``(T + 1, 1, C, h, w)``) are kept trajectories, entry 0
-    the start noise (``composed`` may be shorter: a per-box pass stopped early, whose later columns say so); ``union_mask`` ``(h, w)`` is outlined on every panel.  With ``alphas`` (from
+    the start noise (``composed`` may be shorter: a per-box pass stopped early, whose later columns say so);
+    ``union_mask`` ``(h, w)`` is outlined on every panel.  With ``alphas`` (from
     :func:`~lmd_utils.composition.ddim_alphas`) the rows show the **denoised estimate x̂₀** of each step
     (:func:`~lmd_utils.composition.denoised_trajectory`): the picture each step is heading for, which raw ``x_t``,
     mostly noise in the first steps, hides.  Without, they show ``x_t``.  ``steps`` are entries of the trajectories;
