@@ -70,8 +70,8 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: close to the per-box object as the full pass's, mask IoU 0.719 vs 0.720 on 169 objects, where jumps added to
 #: steps 3–6 gave 0.680); CFG's unconditional half on every other per-box step and on every other composed step
 #: after the frozen ones (``per_box_uncond_every=2``, ``overall_uncond_every=2``, ``overall_uncond_from=7``); one
-#: per-box guidance iteration per step; batched energies.  Cost 1.97–2.09× plain sampling at 1 box and 2.87–2.96×
-#: at 3 boxes over four runs (the settings before: 2.8× and 4.3×).  Toy benchmark, 100 prompts per task (LMD average, these / before):
+#: per-box guidance iteration per step; batched energies.  Cost 1.97–2.09× plain sampling at 1 box and 2.87–2.99×
+#: at 3 boxes over five runs (the settings before: 2.8× and 4.3×).  Toy benchmark, 100 prompts per task (LMD average, these / before):
 #: seeds 0+ 90.5 / 90.8 %, 5000+ 90.5 / 91.5 %, 20000+ 86.5 / 87.2 %.  Tried on the way, on the same seeds (0+ / 5000+): the same with
 #: the composed pass's unconditional half on every other step from step 0: 89.2 / 89.0 % (20000+: 86.5 %;
 #: numeracy 80 / 85 %);
