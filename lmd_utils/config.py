@@ -167,14 +167,16 @@ class LMDConfig:
     per_box_stop: how long the per-box pass runs (issue #15): ``"end"`` (the default, as the authors: all T steps) or
         ``"needed"``: it stops after the last step anything reads, ``max(frozen_step_count(T, frozen_ratio),
         mask_end_step or mask_start_step + 1`` (without ``mask_jumps``: they reach the mask window from the stop)``,
-        overall_guidance.guidance_steps`` (with attention transfer: its references)``)`` steps (:func:`~lmd_utils.per_box.per_box_step_count`; toy world: 7
-        of 15); its per-box images (what SAM refines, what the notebooks show) are the scheduler's x_0 estimate there.
+        overall_guidance.guidance_steps`` (with attention transfer: its references)``)`` steps
+        (:func:`~lmd_utils.per_box.per_box_step_count`; toy world: 7 of 15); its per-box images (what SAM refines,
+        what the notebooks show) are the scheduler's x_0 estimate there.
     mask_end_step: the mask attention is averaged over steps ``mask_start_step..mask_end_step−1``; ``None`` (authors):
         up to the last step the per-box pass runs (T with ``per_box_stop="end"``).  With ``"needed"`` a later end
         makes the pass run longer, for masks from later (sharper) attention, unless ``mask_jumps`` reach it.
     mask_jumps: with ``per_box_stop="needed"``, the rest of the mask window (up to ``mask_end_step``, else T) is not
         run step by step but reached by this many deterministic DDIM jumps from the stopped pass's x_0 estimate, evenly
-        spaced over the window's steps after the stop (``max(stop, mask_start_step)`` on) and ending at its last step, each one conditional UNet forward whose attention joins the masks
+        spaced over the window's steps after the stop (``max(stop, mask_start_step)`` on) and ending at its last
+        step, each one conditional UNet forward whose attention joins the masks
         (:func:`~lmd_utils.per_box.jump_for_masks`; issue #15: late, sharp attention at a fraction of the steps).
         0 (default): no jumps.
     per_box_guidance_scale: classifier-free guidance scale of the per-box pass; ``None`` (authors): ``guidance_scale``.
@@ -187,7 +189,8 @@ class LMDConfig:
     overall_uncond_from: the composed pass runs both halves on every step before this one and counts the k-th steps
         from here (``0``: from the start).  The toy model's settings start after the frozen steps (7 of 15), whose
         pasted foreground moves the latents each step: with the same switches, sparse from step 0 scored 89.2 / 89.0 %
-        on its benchmark (seeds 0+ / 5000+, 100 prompts per task), from step 7 90.5 / 90.5 % (every step: 90.0 / 90.8 %).
+        on its benchmark (seeds 0+ / 5000+, 100 prompts per task), from step 7 90.5 / 90.5 % (every step: 90.0 /
+        90.8 %).
     max_batch: boxes per UNet batch in the per-box pass (``None``: all boxes in one batch; 1: one box at a time,
         as the authors' code).
     gligen_beta: ``None`` (LMD) or GLIGEN grounding in both passes, on their first ``int(β·T)`` steps (LMD+, the
@@ -274,10 +277,9 @@ class LMDConfig:
         for name in ("per_box_uncond_every", "overall_uncond_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.overall_uncond_from < 0:
-            raise ValueError(f"overall_uncond_from must be >= 0, got {self.overall_uncond_from}")
-        if self.mask_jumps < 0:
-            raise ValueError(f"mask_jumps must be >= 0, got {self.mask_jumps}")
+        for name in ("overall_uncond_from", "mask_jumps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mask_end_step is not None and not self.mask_start_step < self.mask_end_step <= self.num_inference_steps:
             raise ValueError(f"mask_end_step must be None or in ({self.mask_start_step}, {self.num_inference_steps}] "
                              f"(after mask_start_step, at most the steps), got {self.mask_end_step}")
