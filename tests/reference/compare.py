@@ -11,7 +11,8 @@ the largest |value| for scale, the tolerance and whether it holds.  Units of Δ:
 
 The last line is ``reference: <n> stages compared, max |Δ| <x> (authors' mode)``, ``x`` being the largest absolute
 difference over the float stages (latents, embeddings, energies, attention: one unit); the exit status is 1 when any
-stage is out of its tolerance.  ``--first`` prints only the
+stage is out of its tolerance.  ``note:`` lines before it repeat our run's notes (e.g. object masks that differed
+within the SAM tolerance and were replaced by the authors' for the later stages, see ``run_ours.py``).  ``--first`` prints only the
 first stage out of tolerance (for the one-difference-at-a-time runs of ``ablate.sh``).
 
 Tolerances (CPU, float32; the two sides compute the same maths in a different order): the saved-attention layers
@@ -217,6 +218,8 @@ def main() -> int:
         print(f"{label:<{width}}  {n:>4}  {d:>10.3g}  {scale:>10.3g}  {tol:>8.2g}  {ok}")
         for note in notes[: (None if args.verbose else 4)]:
             print(f"{'':<{width}}    {note}")
+    for note in mo.get("notes", []):
+        print(f"note: {note}")
     print(f"(authors {ma.get('seconds', 0):.0f} s, ours {mo.get('seconds', 0):.0f} s; scenario {ma.get('scenario')}; "
           f"ours switched back: {', '.join(mo.get('ours', [])) or 'none'})")
     worst = max((d for (label, _, d, _, _, _), (_, _, kind) in zip(rows, _kinds(rows)) if kind in ("float", "energy")),
