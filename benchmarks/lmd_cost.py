@@ -179,6 +179,8 @@ class StageTimer:
         self.wrap(attention, "cross_attention_probs", "{phase} attention capture")
         self.wrap(attention.AttentionStore, "_record", "{phase} attention capture")
         self.wrap(sampling.BoxGuidance, "before_step", "{phase} guidance backward")  # its own time: grad + update
+        # shared_forward: the last iteration's maps come from the denoising forward (counted there), its update here
+        self.wrap(sampling.BoxGuidance, "shared_update", "{phase} guidance backward")
         self.wrap(sampling.BoxGuidance, "compute_energy", "{phase} guidance forward")
         self.wrap(sampling.BoxGuidance, "energy_from_store", "{phase} guidance energy")
         self.wrap(pipeline, "extract_object_masks", "masks")

@@ -214,6 +214,9 @@ class AttentionStore:
         self.steps = steps
         self.offload = offload
         self.stop_after_last_layer = stop_after_last_layer
+        #: switch autograd off once every chosen layer has run (the guidance through the denoising forward:
+        #: ``GuidanceConfig.shared_forward``); the forward's caller must restore the grad mode afterwards
+        self.grad_until_last_layer = False
         self.cfg_batch = True  # whether a captured batch is [uncond; cond]; only matters for keep="cond"
         self.step = 0
         self.records: list[AttentionRecord] = []
@@ -349,8 +352,11 @@ class CaptureProcessor:
                                           _rows(attention_mask, rows), _rows(temb, rows))
             store._record(self.name, probs, halved=rows.start is not None)
         store._seen.add(self.name)
-        if store.stop_after_last_layer and store._needed <= store._seen:
-            raise _StopForward
+        if store._needed <= store._seen:
+            if store.stop_after_last_layer:
+                raise _StopForward
+            if store.grad_until_last_layer:  # the rest of the forward needs no graph (the caller restores the mode)
+                torch.set_grad_enabled(False)
         return out
 
 

@@ -66,6 +66,14 @@ class GuidanceConfig:
         call on gathered maps (issue #15: no Python loop over boxes per iteration; the same value up to float
         rounding) instead of one call per element, object and layer (``False``, the reference implementation and
         the default until the toy benchmark confirms it).
+      shared_forward: the last iteration of each guided step takes the energy's gradient through the denoising
+        step's own conditional forward (run with gradients) instead of a separate guidance forward before it, and
+        the step then applies the forward's noise prediction, made on the latents before that update, to the updated
+        latents (issue #15: one UNet forward per guided step saved; not in the authors' code).  The model sees the
+        update only at the next step, which weakens it: the toy model's settings use it with ``loss_scale`` 30
+        instead of 10 (chosen on the calibration seeds; with 10 its benchmark lost 5 points).  Needs
+        ``stop_rule="current"`` and no GLIGEN; ``False`` (default): every iteration has its own forward, as the
+        authors'.
       stop_rule: ``"current"`` (ours): an element is updated while the energy of the CURRENT latents is above
         ``loss_threshold``, re-evaluated at every iteration of every step.  ``"authors"``
         (``models/pipelines.py:30, :161, :552``): the loop runs ``while loss > loss_threshold and iteration <
@@ -93,6 +101,7 @@ class GuidanceConfig:
     layers: tuple[str, ...] = GUIDANCE_LAYERS
     truncate_forward: bool = True
     batched_energy: bool = False
+    shared_forward: bool = False
     stop_rule: Literal["current", "authors"] = "current"
     skip_articles: bool = True
 
@@ -101,6 +110,8 @@ class GuidanceConfig:
             raise ValueError(f"head_reduction must be 'mean' or 'sum', got {self.head_reduction!r}")
         if self.stop_rule not in ("current", "authors"):
             raise ValueError(f"stop_rule must be 'current' or 'authors', got {self.stop_rule!r}")
+        if self.shared_forward and self.stop_rule != "current":
+            raise ValueError("shared_forward needs stop_rule='current' (the authors' rule decides before the forward)")
         if not self.iterations or min(self.iterations) < 0:
             raise ValueError(f"iterations must be a non-empty list of counts >= 0, got {self.iterations}")
 
@@ -110,7 +121,8 @@ class GuidanceConfig:
         scale depends on the head count), their stop rule, their tokens (articles included) and the full guidance
         forward; then ``overrides``."""
         return replace(cls(loss_scale=5.0, loss_threshold=5.0, transfer_weight=2.0, head_reduction="sum",
-                           stop_rule="authors", skip_articles=False, truncate_forward=False, batched_energy=False),
+                           stop_rule="authors", skip_articles=False, truncate_forward=False, batched_energy=False,
+                           shared_forward=False),
                        **overrides)
 
     def on_layers(self, layers: str | Sequence[str]) -> "GuidanceConfig":
@@ -274,6 +286,10 @@ class LMDConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.gligen_beta is not None and not 0.0 <= self.gligen_beta <= 1.0:
             raise ValueError(f"gligen_beta must be None or in [0, 1], got {self.gligen_beta}")
+        if self.gligen_beta is not None and (self.per_box_guidance.shared_forward
+                                             or self.overall_guidance.shared_forward):
+            raise ValueError("shared_forward does not combine with GLIGEN (gligen_beta): its guidance forwards run "
+                             "without grounding, the denoising forward with it")
         for name in ("per_box_uncond_every", "overall_uncond_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

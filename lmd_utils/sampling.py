@@ -9,6 +9,9 @@ sampling is a *hook* called around each step:
   pasted into the masks for the first steps), :class:`~lmd_utils.composition.FrozenForeground`.
 
 Return ``None`` to leave the latents alone.  ``state`` is a :class:`StepState`.  Hooks run in list order.  A hook
+whose ``shares_forward(state)`` is true (:class:`BoxGuidance` with ``GuidanceConfig.shared_forward``) gets the
+step's own forward instead: run with gradients, its guidance layers captured into ``shared_store(...)``, then
+``shared_update(state, z, store)`` gives the latents the step is applied to.  A hook
 with an ``attach(pipe)`` context manager acts on the model itself for the whole run (e.g. GLIGEN's grounding,
 :class:`~lmd_utils.gligen.GligenGrounding`): it is entered before the first step and left after the last, also
 after an exception.  The same loop serves vanilla
@@ -184,15 +187,24 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
             # cond half only, with the last CFG delta, between every uncond_every-th step from uncond_from on
             reuse = do_cfg and delta is not None and i > uncond_from and (i - uncond_from) % uncond_every != 0
             both = do_cfg and not reuse
-            model_in = torch.cat([latents] * 2) if both else latents
-            model_in = sched.scale_model_input(model_in, t)
+            # a hook whose guidance takes its gradient through this forward (GuidanceConfig.shared_forward)
+            sharing = [h for h in hooks if hasattr(h, "shares_forward") and h.shares_forward(state)]
+            if len(sharing) > 1:
+                raise ValueError("at most one hook can share the denoising forward")
+            z = latents.detach().requires_grad_(True) if sharing else latents
             capturing = attention_store is not None and attention_store.wants_step(i)
             capture = capture_cross_attention(unet, store=attention_store) if capturing else contextlib.nullcontext()
-            with torch.no_grad(), capture:
+            shared = sharing[0].shared_store(i, both) if sharing else None
+            with torch.enable_grad() if sharing else torch.no_grad(), capture, \
+                    capture_cross_attention(unet, store=shared) if sharing else contextlib.nullcontext():
                 if attention_store is not None:
                     attention_store.set_step(i)
                     attention_store.cfg_batch = both
+                model_in = sched.scale_model_input(torch.cat([latents, z]) if both else z, t)
                 noise = unet(model_in, t, encoder_hidden_states=embeds if both else cond, return_dict=False)[0]
+            if sharing:  # the update from this forward's maps; the step applies its noise to the updated latents
+                state.latents = latents = sharing[0].shared_update(state, z, shared)
+                noise = noise.detach()
             if reuse:
                 noise_cond = noise
                 noise = noise_cond + (guidance_scale - 1) * delta
@@ -318,7 +330,8 @@ class BoxGuidance:
     others stop for this step (``stop_rule="current"``; ``"authors"``: see :meth:`_authors_before_step`).  Batch
     elements are independent (each has its own :class:`ImageTargets`), so one
     batched forward serves every box of the per-box pass.  ``log`` keeps one :class:`GuidanceLogEntry` per
-    iteration.
+    iteration.  With ``shared_forward`` the last iteration of a step has no forward of its own: the loop's denoising
+    forward provides the maps (:meth:`shares_forward`, :meth:`shared_store`, :meth:`shared_update`).
     """
 
     def __init__(self, targets: Sequence[ImageTargets], config: GuidanceConfig | None = None,
@@ -458,7 +471,7 @@ class BoxGuidance:
     @torch.enable_grad()  # callers (e.g. pipeline.generate) may run the loop under no_grad
     def before_step(self, state: StepState) -> torch.Tensor | None:
         cfg = self.config
-        n_iter = cfg.iterations_at(state.step)
+        n_iter = cfg.iterations_at(state.step) - (1 if self.shares_forward(state) else 0)
         if len(self.targets) != state.latents.shape[0]:
             raise ValueError(f"{len(self.targets)} targets for a batch of {state.latents.shape[0]}")
         active = [e for e, t in enumerate(self.targets) if t]
@@ -482,6 +495,34 @@ class BoxGuidance:
             latents[idx] = latents[idx] - (cfg.loss_scale * scale) * grad.to(latents.dtype)
             active = [e for e, a in zip(active, above.tolist()) if a]
         return latents
+
+    # -- GuidanceConfig.shared_forward: the last iteration through the denoising forward ------------------
+    def shares_forward(self, state: StepState) -> bool:
+        """Whether this step's last iteration takes its gradient through the loop's own forward."""
+        return self.config.shared_forward and self.config.iterations_at(state.step) > 0 and any(self.targets)
+
+    def shared_store(self, step: int, cfg_batch: bool) -> AttentionStore:
+        """The store the loop captures the guidance layers into, with gradients, on its forward of ``step``."""
+        store = AttentionStore(layers=self.config.layers, keep="cond", keep_grad=True)
+        store.cfg_batch, store.grad_until_last_layer = cfg_batch, True
+        store.set_step(step)
+        return store
+
+    @torch.enable_grad()
+    def shared_update(self, state: StepState, z: torch.Tensor, store: AttentionStore) -> torch.Tensor:
+        """The latents ``z`` (the forward's conditional input) moved down the gradient of the energy of ``store``'s
+        maps: the same update as an iteration of :meth:`before_step`, from the loop's forward."""
+        cfg = self.config
+        active = [e for e, t in enumerate(self.targets) if t]
+        energy = self.energy_from_store(store, list(range(len(self.targets))), state.step)[active]
+        above = energy.detach() > cfg.loss_threshold
+        scale = guidance_step_scale(state.scheduler, state.timestep, state.step)
+        self.log.append(GuidanceLogEntry(state.step, cfg.iterations_at(state.step) - 1, active,
+                                         energy.detach().cpu().tolist(), above.cpu().tolist(), cfg.loss_scale * scale))
+        if not bool(above.any()):
+            return z.detach()
+        grad = torch.autograd.grad(energy[above].sum(), z)[0]
+        return (z - (cfg.loss_scale * scale) * grad.to(z.dtype)).detach()
 
     def _authors_before_step(self, state: StepState, active: list[int], n_iter: int) -> torch.Tensor:
         """The authors' loop (``models/pipelines.py:30, :161, :552``): ``while loss > threshold and iteration <

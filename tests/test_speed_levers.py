@@ -305,3 +305,89 @@ def test_final_latents_are_what_the_per_box_images_show(pipe, layout, config, re
     assert stopped.latents.shape[0] < result.per_box.latents.shape[0]
     assert not torch.equal(stopped.final_latents, stopped.latents[-1].cpu())  # the x_0 estimate, not x_t
     torch.testing.assert_close(decode_latents(pipe, stopped.final_latents), stopped.images, atol=1e-5, rtol=0)
+
+
+# -- GuidanceConfig.shared_forward ----------------------------------------------------------------------------------
+class UpdateAfterTheForward:
+    """What ``shared_forward`` computes, with the guidance's own forward: the update of a separate iteration on x_t,
+    the step's noise predicted on x_t (this hook leaves the forward's input alone) and applied to the updated x_t."""
+
+    def __init__(self, guidance: BoxGuidance):
+        self.guidance, self.updated = guidance, None
+
+    def before_step(self, state):
+        self.updated = self.guidance.before_step(state)
+
+    def after_step(self, state):
+        z, self.updated = self.updated, None
+        return None if z is None else state.scheduler.step(state.noise_pred, state.timestep, z, return_dict=False)[0]
+
+
+def test_shared_forward_is_the_update_of_the_step_own_forward(pipe, config):
+    from lmd_utils.attention import default_layers
+    from lmd_utils.models import encode_prompts, initial_noise
+    from lmd_utils.sampling import denoise
+
+    assert GuidanceConfig().shared_forward is False and GuidanceConfig.authors().shared_forward is False
+    z = initial_noise(pipe, 2, 128, 128, seed=0)
+    cond, uncond = encode_prompts(pipe, ["a cat", "a dog"]), encode_prompts(pipe, [""])
+    targets = [ImageTargets(objects=(ObjectTarget((Box("a cat", 0, 0, .5, .5),), (2,)),)), ImageTargets()]
+    separate = replace(config.per_box_guidance.on_layers(default_layers(pipe.unet)[0]), iterations=(1,),
+                       guidance_steps=3, loss_threshold=0.0, loss_scale=400.0)
+    runs = {}
+    for name, cfg in (("shared", replace(separate, shared_forward=True)), ("separate", separate)):
+        guidance = BoxGuidance(targets, cfg)
+        hook = guidance if cfg.shared_forward else UpdateAfterTheForward(guidance)
+        with UnetCalls(pipe.unet) as calls:
+            out = denoise(pipe, z, cond, uncond, 5, 7.5, hooks=[hook], progress=False)
+        runs[name] = out, guidance.log, calls.batches
+    (shared, log, batches), (emulated, emulated_log, emulated_batches) = runs["shared"], runs["separate"]
+    assert batches == [4] * 5  # the denoising forwards only: no guidance forward of the guided element
+    assert emulated_batches.count(1) == 3  # the separate run's guidance forwards (element 0 only, steps 0..2)
+    assert [(e.step, e.iteration, e.elements) for e in log] == [(s, 0, [0]) for s in range(3)]
+    for a, b in zip(log, emulated_log):
+        assert a.energies == pytest.approx(b.energies, rel=1e-5)
+    torch.testing.assert_close(shared.latents, emulated.latents, atol=1e-4, rtol=1e-4)
+    plain = denoise(pipe, z, cond, uncond, 5, 7.5, progress=False).latents
+    assert (shared.latents[0] - plain[0]).abs().max() > 1e-2  # the guided element moved ...
+    torch.testing.assert_close(shared.latents[1], plain[1], atol=1e-5, rtol=1e-5)  # ... the other did not
+
+
+def test_shared_forward_in_generate_drops_every_guidance_forward(pipe, layout, config, reference):
+    one = {"iterations": (1,)}
+    separate = replace(config, per_box_guidance=replace(config.per_box_guidance, **one),
+                       overall_guidance=replace(config.overall_guidance, **one))
+    shared = replace(separate, per_box_guidance=replace(separate.per_box_guidance, shared_forward=True),
+                     overall_guidance=replace(separate.overall_guidance, shared_forward=True))
+    counts = {}
+    for name, cfg in (("separate", separate), ("shared", shared)):
+        with UnetCalls(pipe.unet) as calls:
+            result = generate(pipe, layout, seed=1, config=cfg, progress=False)
+        counts[name] = calls.batches
+        assert [e.iteration for e in result.overall_guidance.log] == [0] * cfg.overall_guidance.guidance_steps
+    n, guided = len(layout), config.per_box_guidance.guidance_steps + config.overall_guidance.guidance_steps
+    assert counts["separate"].count(n) + counts["separate"].count(1) == guided  # the guidance forwards ...
+    assert counts["shared"].count(n) == counts["shared"].count(1) == 0  # ... are gone
+    assert len(counts["shared"]) == len(counts["separate"]) - guided
+    with pytest.raises(ValueError, match="stop_rule"):
+        GuidanceConfig(shared_forward=True, stop_rule="authors")
+    with pytest.raises(ValueError, match="GLIGEN"):
+        replace(shared, gligen_beta=0.3)
+
+
+def test_the_shared_forward_records_no_graph_after_the_last_guidance_layer(pipe):
+    from lmd_utils.attention import capture_cross_attention
+    from lmd_utils.models import encode_prompts, initial_noise
+
+    z = initial_noise(pipe, 1, 128, 128, seed=0).requires_grad_(True)
+    emb = encode_prompts(pipe, ["a cat"])
+    for until_last in (False, True):
+        store = AttentionStore(layers=("mid_block",), keep="all", keep_grad=True)
+        store.grad_until_last_layer = until_last
+        store.set_step(0)
+        with torch.no_grad():
+            with torch.enable_grad(), capture_cross_attention(pipe.unet, store=store):
+                out = pipe.unet(z, 500, encoder_hidden_states=emb, return_dict=False)[0]
+            assert not torch.is_grad_enabled()  # the caller's mode is back
+        assert store.records[0].probs.requires_grad  # the guidance layer's maps keep their graph ...
+        assert out.requires_grad is not until_last  # ... the up blocks after it built none

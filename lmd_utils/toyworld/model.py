@@ -70,15 +70,13 @@ TOYWORLD_ENCODER_LAYERS: tuple[str, ...] = ("down_blocks.1", "down_blocks.2", "m
 #: close to the per-box object as the full pass's, mask IoU 0.719 vs 0.720 on 169 objects, where jumps added to
 #: steps 3–6 gave 0.680); CFG's unconditional half on every other per-box step and on every other composed step
 #: after the frozen ones (``per_box_uncond_every=2``, ``overall_uncond_every=2``, ``overall_uncond_from=7``); one
-#: per-box guidance iteration per step; batched energies.  Cost 1.97–2.09× plain sampling at 1 box and 2.87–2.99×
-#: at 3 boxes over five runs (the settings before: 2.8× and 4.3×).  Toy benchmark, 100 prompts per task (LMD average, these / before):
-#: seeds 0+ 90.5 / 90.8 %, 5000+ 90.5 / 91.5 %, 20000+ 86.5 / 87.2 %.  Tried on the way, on the same seeds (0+ / 5000+): the same with
-#: the composed pass's unconditional half on every other step from step 0: 89.2 / 89.0 % (20000+: 86.5 %;
-#: numeracy 80 / 85 %);
-#: without the composed pass's sparse CFG (2.13× / 3.11×): 90.0 / 90.8 %; the early stop and late masks alone
-#: (no other switch): 91.0 / 90.0 %; masks from steps 3–6 plus 2 jumps (with the sparse per-box CFG and one
-#: iteration): 89.0 / 88.5 %; these settings with one jump and the composed pass's unconditional half on every
-#: third step: 88.5 / 88.2 %.
+#: guidance iteration per step, taken through the denoising forward (``shared_forward``) with η = 30 (the update
+#: reaches the model one step later, so it needs a larger η: 20 / 30 / 40 scored 93.0 / 93.5 / 92.0 % on seeds
+#: 10000+, 50 prompts per task; η 10 lost 5 points); batched energies.  Cost (one run) 1.89× / 2.96× / 3.80×
+#: plain sampling at 1 / 3 / 5 boxes (the settings before the switches: 2.8× / 4.3× / 6.9×).  Toy benchmark, 100
+#: prompts per task (LMD average, these / a separate guidance forward and η 10 / before the switches): seeds 0+ 92.8 /
+#: 90.5 / 90.8 %, 5000+ 92.5 / 90.5 / 91.5 %, 20000+ 88.8 / 86.5 / 87.2 %.  The other combinations measured are in
+#: the README's "Cost".
 TOYWORLD_LMD_CONFIG: dict = {
     "num_inference_steps": 15,
     "guidance_scale": 4.0,
@@ -86,10 +84,10 @@ TOYWORLD_LMD_CONFIG: dict = {
     "overall_prompt": "source",
     "per_box_negative_prompt": "",
     "overall_negative_prompt": "",
-    "per_box_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 8,
-                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True},
-    "overall_guidance": {"loss_scale": 10.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 6,
-                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True},
+    "per_box_guidance": {"loss_scale": 30.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 8,
+                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True, "shared_forward": True},
+    "overall_guidance": {"loss_scale": 30.0, "loss_threshold": 0.1, "iterations": [1], "guidance_steps": 6,
+                         "layers": list(TOYWORLD_ENCODER_LAYERS), "batched_energy": True, "shared_forward": True},
     "mask_start_step": 7,
     "mask_method": "object",
     "frozen_ratio": 0.5,
