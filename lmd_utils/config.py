@@ -335,9 +335,11 @@ class LMDConfig:
 
     def plus(self) -> "LMDConfig":
         """This configuration turned into LMD+ (what :meth:`lmd_plus` changes, on top of ``self``: e.g. a model's
-        own steps and guidance schedule); the ``lmd+`` method of ``generate`` and the benchmarks."""
+        own steps and guidance schedule); the ``lmd+`` method of ``generate`` and the benchmarks.  Its guidance
+        forwards run without grounding (as the authors'), so ``shared_forward`` is switched off."""
         return replace(self, placement="box", alignment="none", noise_blend_ratio=0.1, gligen_beta=GLIGEN_BETA,
-                       per_box_guidance=replace(self.per_box_guidance, guidance_steps=0))
+                       per_box_guidance=replace(self.per_box_guidance, guidance_steps=0, shared_forward=False),
+                       overall_guidance=replace(self.overall_guidance, shared_forward=False))
 
     def resolution(self, pipe) -> tuple[int, int]:
         """``(height, width)`` of the image: the configured size, else the model's native one."""

@@ -25,6 +25,7 @@ assuming a VAE, 8× down-sampling, 77 tokens or 768-d embeddings.  SDXL would ne
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -371,6 +372,28 @@ def to_pil(images: torch.Tensor) -> list:
     if images.ndim == 3:
         images = images[None]
     return VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images.detach().float().cpu().clamp(0, 1)))
+
+
+def batch_embeds(embeds: torch.Tensor, batch: int, name: str, device, dtype) -> torch.Tensor:
+    """``embeds`` ``(B or 1, L, D)`` for a batch of ``batch`` (one embedding expanded), on ``device`` in ``dtype``."""
+    if embeds.ndim != 3:
+        raise ValueError(f"{name} must be (B, L, D), got {tuple(embeds.shape)}")
+    if embeds.shape[0] == 1 and batch > 1:
+        embeds = embeds.expand(batch, -1, -1)
+    if embeds.shape[0] != batch:
+        raise ValueError(f"{name} has batch {embeds.shape[0]} but the latents have {batch}")
+    return embeds.to(device=device, dtype=dtype)
+
+
+def scheduler_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
+    """``eta``/``generator`` for schedulers whose ``step`` takes them (as diffusers' pipelines do)."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
 
 
 def scheduler_copy(pipe, scheduler=None, default=DDIMScheduler):

@@ -26,7 +26,6 @@ the conditional half of the CFG batch).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from .attention import (AttentionStore, capture_cross_attention, phrase_token_in
 from .config import GuidanceConfig
 from .energy import attention_transfer_energy, box_energy
 from .layout import Box, BoxRounding
-from .models import model_device, model_dtype, scheduler_copy
+from .models import batch_embeds, model_device, model_dtype, scheduler_copy, scheduler_step_kwargs
 from .progress import progress_bar
 
 
@@ -78,27 +77,6 @@ class DenoiseResult:
     hooks: tuple = ()
     extras: dict[str, Any] = field(default_factory=dict)
     predicted_x0: torch.Tensor | None = None  # the scheduler's x_0 estimate at the last step run (None: not given)
-
-
-def _batch_embeds(embeds: torch.Tensor, batch: int, name: str, device, dtype) -> torch.Tensor:
-    if embeds.ndim != 3:
-        raise ValueError(f"{name} must be (B, L, D), got {tuple(embeds.shape)}")
-    if embeds.shape[0] == 1 and batch > 1:
-        embeds = embeds.expand(batch, -1, -1)
-    if embeds.shape[0] != batch:
-        raise ValueError(f"{name} has batch {embeds.shape[0]} but the latents have {batch}")
-    return embeds.to(device=device, dtype=dtype)
-
-
-def _extra_step_kwargs(scheduler, generator, eta: float) -> dict[str, Any]:
-    """``eta``/``generator`` for schedulers whose ``step`` takes them (as diffusers' pipelines do)."""
-    params = set(inspect.signature(scheduler.step).parameters)
-    kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = eta
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
 
 
 def _call_hooks(hooks: Sequence, name: str, state: StepState) -> torch.Tensor:
@@ -146,17 +124,17 @@ def denoise(pipe, latents: torch.Tensor, cond_embeds: torch.Tensor, uncond_embed
     device, dtype = model_device(pipe), model_dtype(pipe)
     batch = latents.shape[0]
     do_cfg = guidance_scale > 1.0
-    cond = _batch_embeds(cond_embeds, batch, "cond_embeds", device, dtype)
+    cond = batch_embeds(cond_embeds, batch, "cond_embeds", device, dtype)
     uncond = None
     if do_cfg:
         if uncond_embeds is None:
             raise ValueError("guidance_scale > 1 needs uncond_embeds (the embedding of the negative/empty prompt)")
-        uncond = _batch_embeds(uncond_embeds, batch, "uncond_embeds", device, dtype)
+        uncond = batch_embeds(uncond_embeds, batch, "uncond_embeds", device, dtype)
     embeds = torch.cat([uncond, cond]) if do_cfg else cond
 
     sched = scheduler_copy(pipe, scheduler)
     sched.set_timesteps(num_inference_steps, device=device)
-    step_kwargs = _extra_step_kwargs(sched, generator, eta)
+    step_kwargs = scheduler_step_kwargs(sched, generator, eta)
     latents = latents.to(device=device, dtype=dtype) * sched.init_noise_sigma
     history = [latents.detach().cpu()] if keep_latents else None
     extras: dict[str, Any] = {}  # shared by all steps' states: hooks may leave notes for later steps

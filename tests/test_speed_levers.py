@@ -373,6 +373,8 @@ def test_shared_forward_in_generate_drops_every_guidance_forward(pipe, layout, c
         GuidanceConfig(shared_forward=True, stop_rule="authors")
     with pytest.raises(ValueError, match="GLIGEN"):
         replace(shared, gligen_beta=0.3)
+    plus = shared.plus()  # LMD+ guides with separate, ungrounded forwards
+    assert not plus.per_box_guidance.shared_forward and not plus.overall_guidance.shared_forward
 
 
 def test_the_shared_forward_records_no_graph_after_the_last_guidance_layer(pipe):
