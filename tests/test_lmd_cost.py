@@ -66,3 +66,14 @@ def test_full_size_random_sd15_smoke_on_the_cpu():
                "--variants", OURS, timeout=900)
     assert any(line.startswith("ours") and line.split()[-4] == "1" for line in out.splitlines())
     assert "where the time goes" in out
+
+
+def test_a_setting_the_model_own_config_refuses_ends_in_one_line_before_measuring():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # the toy model's settings use shared_forward, which the authors' stop rule cannot take
+    out = subprocess.run([sys.executable, str(SCRIPT), "--model", "toyworld", "--boxes", "1",
+                          "--set", "per_box_guidance.stop_rule=authors"], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode != 0 and "variant" not in out.stdout  # nothing measured
+    assert out.stderr.strip().splitlines() == ["error: --set: shared_forward needs stop_rule='current' (the "
+                                               "authors' rule decides before the forward)"]
