@@ -309,15 +309,11 @@ def main() -> int:
         return 0
     if min(args.boxes) < 1 or args.repeats < 1:
         raise SystemExit("error: --boxes and --repeats must be >= 1")
-    from pathlib import Path
-
     from lmd_utils.config import LMDConfig
     from lmd_utils.models import TOYWORLD_MODEL_DIR
 
-    # the model's own settings (LMDConfig.for_pipe reads a folder's lmd_config.json), without loading its weights
-    own = (TOYWORLD_MODEL_DIR if args.model == "toyworld" else Path(args.model)) / "lmd_config.json"
-    try:  # a misspelt field or a value the config refuses: one line now, not after minutes of measuring
-        with_settings(LMDConfig.from_dict(json.loads(own.read_text())) if own.is_file() else LMDConfig(),
+    try:  # a misspelt field or a value the model's own settings refuse: one line now, not after minutes of measuring
+        with_settings(LMDConfig.for_folder(TOYWORLD_MODEL_DIR if args.model == "toyworld" else args.model),
                       args.settings)
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: --set: {e}")

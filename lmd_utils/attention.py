@@ -200,11 +200,15 @@ class AttentionStore:
     offload: move detached maps to the CPU (memory for long runs on "all" layers).
     stop_after_last_layer: raise a private exception once every chosen layer has run in a forward, so
         :func:`run_unet_until_captured` can skip the rest of the UNet.
+    grad_until_last_layer: switch autograd off once every chosen layer has run, so the rest of the forward builds no
+        graph (the guidance through the denoising forward, ``GuidanceConfig.shared_forward``); the forward's caller
+        restores the grad mode afterwards (e.g. by leaving a ``torch.enable_grad()`` block).
     """
 
     def __init__(self, layers: str | Sequence[str] = GUIDANCE_LAYERS, keep: str = "cond",
                  token_indices: Sequence[int] | Sequence[Sequence[int]] | None = None, keep_grad: bool = False,
-                 steps: Container[int] | None = None, offload: bool = False, stop_after_last_layer: bool = False):
+                 steps: Container[int] | None = None, offload: bool = False, stop_after_last_layer: bool = False,
+                 grad_until_last_layer: bool = False):
         if keep not in ("cond", "all"):
             raise ValueError(f"keep must be 'cond' or 'all', got {keep!r}")
         self.layers = layers
@@ -214,9 +218,7 @@ class AttentionStore:
         self.steps = steps
         self.offload = offload
         self.stop_after_last_layer = stop_after_last_layer
-        #: switch autograd off once every chosen layer has run (the guidance through the denoising forward:
-        #: ``GuidanceConfig.shared_forward``); the forward's caller must restore the grad mode afterwards
-        self.grad_until_last_layer = False
+        self.grad_until_last_layer = grad_until_last_layer
         self.cfg_batch = True  # whether a captured batch is [uncond; cond]; only matters for keep="cond"
         self.step = 0
         self.records: list[AttentionRecord] = []

@@ -363,8 +363,14 @@ class LMDConfig:
     def for_pipe(cls, pipe, **overrides) -> "LMDConfig":
         """Defaults for ``pipe``: the authors' for SD checkpoints, or the ``lmd_config.json`` shipped in the model
         folder (the toy world ships one with its calibrated guidance), then ``overrides``."""
+        return cls.for_folder(str(getattr(pipe, "name_or_path", "") or ""), **overrides)
+
+    @classmethod
+    def for_folder(cls, folder: str | Path, **overrides) -> "LMDConfig":
+        """The settings a model folder ships (its ``lmd_config.json``; none: the defaults), then ``overrides``;
+        what :meth:`for_pipe` gives a pipeline loaded from ``folder``, without loading it."""
         settings: dict[str, Any] = {}
-        folder = Path(str(getattr(pipe, "name_or_path", "") or ""))
+        folder = Path(folder)
         if folder.is_dir() and (folder / "lmd_config.json").exists():
             settings = json.loads((folder / "lmd_config.json").read_text())
         return cls.from_dict({**settings, **overrides})

@@ -464,15 +464,25 @@ class BoxGuidance:
             z = latents[idx].detach().requires_grad_(True)
             energy = self.compute_energy(state.pipe, z, state.timestep, state.step, state.cond_embeds[idx],
                                          state.scheduler, active)
-            above = energy.detach() > cfg.loss_threshold
-            self.log.append(GuidanceLogEntry(state.step, it, list(active), energy.detach().cpu().tolist(),
-                                             above.cpu().tolist(), cfg.loss_scale * scale))
-            if not bool(above.any()):
+            moved, above = self._descend(z, energy, active, state.step, it, scale)
+            if moved is None:
                 break
-            grad = torch.autograd.grad(energy[above].sum(), z)[0]
-            latents[idx] = latents[idx] - (cfg.loss_scale * scale) * grad.to(latents.dtype)
+            latents[idx] = moved
             active = [e for e, a in zip(active, above.tolist()) if a]
         return latents
+
+    def _descend(self, z: torch.Tensor, energy: torch.Tensor, elements: list[int], step: int, iteration: int,
+                 scale: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One iteration's update (``stop_rule="current"``): logged; ``z − loss_scale · scale · ∇_z E`` over the
+        ``elements`` above the threshold (``None`` when none is), and which ones were."""
+        cfg = self.config
+        above = energy.detach() > cfg.loss_threshold
+        self.log.append(GuidanceLogEntry(step, iteration, list(elements), energy.detach().cpu().tolist(),
+                                         above.cpu().tolist(), cfg.loss_scale * scale))
+        if not bool(above.any()):
+            return None, above
+        grad = torch.autograd.grad(energy[above].sum(), z)[0]
+        return (z - (cfg.loss_scale * scale) * grad.to(z.dtype)).detach(), above
 
     # -- GuidanceConfig.shared_forward: the last iteration through the denoising forward ------------------
     def shares_forward(self, state: StepState) -> bool:
@@ -481,8 +491,8 @@ class BoxGuidance:
 
     def shared_store(self, step: int, cfg_batch: bool) -> AttentionStore:
         """The store the loop captures the guidance layers into, with gradients, on its forward of ``step``."""
-        store = AttentionStore(layers=self.config.layers, keep="cond", keep_grad=True)
-        store.cfg_batch, store.grad_until_last_layer = cfg_batch, True
+        store = AttentionStore(layers=self.config.layers, keep="cond", keep_grad=True, grad_until_last_layer=True)
+        store.cfg_batch = cfg_batch
         store.set_step(step)
         return store
 
@@ -490,17 +500,11 @@ class BoxGuidance:
     def shared_update(self, state: StepState, z: torch.Tensor, store: AttentionStore) -> torch.Tensor:
         """The latents ``z`` (the forward's conditional input) moved down the gradient of the energy of ``store``'s
         maps: the same update as an iteration of :meth:`before_step`, from the loop's forward."""
-        cfg = self.config
         active = [e for e, t in enumerate(self.targets) if t]
         energy = self.energy_from_store(store, list(range(len(self.targets))), state.step)[active]
-        above = energy.detach() > cfg.loss_threshold
-        scale = guidance_step_scale(state.scheduler, state.timestep, state.step)
-        self.log.append(GuidanceLogEntry(state.step, cfg.iterations_at(state.step) - 1, active,
-                                         energy.detach().cpu().tolist(), above.cpu().tolist(), cfg.loss_scale * scale))
-        if not bool(above.any()):
-            return z.detach()
-        grad = torch.autograd.grad(energy[above].sum(), z)[0]
-        return (z - (cfg.loss_scale * scale) * grad.to(z.dtype)).detach()
+        moved, _ = self._descend(z, energy, active, state.step, self.config.iterations_at(state.step) - 1,
+                                 guidance_step_scale(state.scheduler, state.timestep, state.step))
+        return z.detach() if moved is None else moved
 
     def _authors_before_step(self, state: StepState, active: list[int], n_iter: int) -> torch.Tensor:
         """The authors' loop (``models/pipelines.py:30, :161, :552``): ``while loss > threshold and iteration <

@@ -384,8 +384,7 @@ def test_the_shared_forward_records_no_graph_after_the_last_guidance_layer(pipe)
     z = initial_noise(pipe, 1, 128, 128, seed=0).requires_grad_(True)
     emb = encode_prompts(pipe, ["a cat"])
     for until_last in (False, True):
-        store = AttentionStore(layers=("mid_block",), keep="all", keep_grad=True)
-        store.grad_until_last_layer = until_last
+        store = AttentionStore(layers=("mid_block",), keep="all", keep_grad=True, grad_until_last_layer=until_last)
         store.set_step(0)
         with torch.no_grad():
             with torch.enable_grad(), capture_cross_attention(pipe.unet, store=store):
